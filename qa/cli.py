@@ -1,0 +1,120 @@
+"""The `qa` command: index, ask, serve, eval. Flags override `QA_*` variables, which override defaults."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from qa.config import Config
+
+common = [
+    click.option("--corpus", type=click.Path(path_type=Path), help="Articles folder [QA_CORPUS, default corpus/]"),
+    click.option("--index", "index_dir", type=click.Path(path_type=Path), help="Index folder [QA_INDEX, default index/]"),
+    click.option("--model", help="Embedding model name or path [QA_MODEL]"),
+]
+
+
+def with_common(fn):
+    for option in reversed(common):
+        fn = option(fn)
+    return fn
+
+
+def load_config(corpus: Path | None, index_dir: Path | None, model: str | None, **more) -> Config:
+    try:
+        return Config.load(corpus=corpus, index=index_dir, model=model, **more)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Question answering over the news articles in a corpus folder."""
+
+
+@main.command()
+@with_common
+@click.option("--rebuild", is_flag=True, help="Start over instead of updating the current index.")
+@click.option("--wait", type=float, default=0.0, show_default=True, help="Seconds to wait for another build.")
+def index(corpus, index_dir, model, rebuild, wait) -> None:
+    """Index new and changed articles; remove deleted ones."""
+    from qa.embedding import Embedder
+    from qa.index import IndexProblem, build_index
+
+    cfg = load_config(corpus, index_dir, model)
+    embedder = Embedder(cfg.model, cfg.batch_size)
+    try:
+        summary = build_index(cfg, embedder, rebuild=rebuild, wait=wait, show_progress=sys.stderr.isatty())
+    except IndexProblem as exc:
+        raise click.ClickException(str(exc)) from exc
+    for s in summary.skipped:
+        click.echo(f"skipped {s.path}: {s.reason}", err=True)
+    click.echo(summary.line())
+    if summary.skipped:
+        sys.exit(3)
+
+
+@main.command()
+@with_common
+@click.argument("question")
+@click.option("--top-k", type=click.IntRange(1, 50), help="Passages to return.")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON object.")
+def ask(corpus, index_dir, model, question, top_k, as_json) -> None:
+    """Answer QUESTION from the index."""
+    from qa.index import IndexProblem
+    from qa.pipeline import Pipeline
+
+    cfg = load_config(corpus, index_dir, model)
+    if not question.strip():
+        raise click.UsageError("the question is empty")
+    try:
+        result = Pipeline(cfg).ask(question, top_k)
+    except IndexProblem as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(result.model_dump_json(indent=2))
+        return
+    from qa.render import render_text
+
+    click.echo(render_text(result, color=sys.stdout.isatty()))
+
+
+@main.command()
+@with_common
+@click.option("--host", help="[QA_HOST, default 127.0.0.1]")
+@click.option("--port", type=int, help="[QA_PORT, default 8000]")
+def serve(corpus, index_dir, model, host, port) -> None:
+    """Run the web form and JSON API."""
+    import uvicorn
+
+    from qa.service import create_app
+
+    cfg = load_config(corpus, index_dir, model, host=host, port=port)
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info")
+
+
+@main.command(name="eval")
+@with_common
+@click.option("--paragraphs", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option("--questions", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option("--mode", type=click.Choice(["open", "gold"]), default="open", show_default=True)
+@click.option("--limit", type=int, help="Ask only the first N questions.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the metrics here.")
+@click.option("--extractive-only", is_flag=True, help="Only questions whose answer is in the passage.")
+def eval_(corpus, index_dir, model, paragraphs, questions, mode, limit, json_out, extractive_only) -> None:
+    """Measure retrieval and answers on a JSONL question set."""
+    from qa.evaluate import evaluate
+
+    cfg = load_config(corpus, index_dir, model)
+    metrics = evaluate(cfg, paragraphs, questions, mode=mode, limit=limit, extractive_only=extractive_only)
+    text = json.dumps(metrics, indent=2)
+    click.echo(text)
+    if json_out:
+        json_out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

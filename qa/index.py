@@ -1,0 +1,389 @@
+"""The on-disk index: immutable versions in `index/vNNNNNN/`, published by swapping `index/CURRENT`.
+
+A build copies the current version into a private folder, applies the changes there, and only
+when everything is written and synced renames it into place and atomically replaces CURRENT.
+Readers only ever open the version CURRENT names, so a killed build is invisible to them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import faiss
+import numpy as np
+from filelock import FileLock, Timeout
+from tqdm import tqdm
+
+from qa.config import Config
+from qa.corpus import CorpusReport, Skipped, read_corpus
+from qa.embedding import Embedder
+from qa.models import Document
+from qa.passages import PassageSplitter
+from qa.store import Store
+
+FORMAT_VERSION = 1
+CURRENT = "CURRENT"
+MANIFEST = "manifest.json"
+STORE = "store.sqlite"
+PASSAGE_VECTORS = "passages.faiss"
+SENTENCE_VECTORS = "sentences.faiss"
+LOCK = ".lock"
+EMBED_BLOCK = 256
+
+#: (phase, done, total): phases are reading, embedding, publishing, done.
+ProgressFn = Callable[[str, int, int], None]
+
+
+class IndexProblem(Exception):
+    """Base of the index errors; the message always says what to do."""
+
+
+class NoIndex(IndexProblem):
+    pass
+
+
+class IndexMismatch(IndexProblem):
+    pass
+
+
+class IndexDamaged(IndexProblem):
+    pass
+
+
+class IndexBusy(IndexProblem):
+    pass
+
+
+@dataclass
+class Manifest:
+    format_version: int
+    version: int
+    model: str
+    dimension: int
+    documents: int
+    passages: int
+    sentences: int
+    created: str
+
+    @classmethod
+    def read(cls, path: Path) -> "Manifest":
+        data = json.loads(path.read_text())
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class BuildSummary:
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    documents: int = 0
+    passages: int = 0
+    embedded: int = 0
+    seconds: float = 0.0
+    version: int | None = None
+
+    def line(self) -> str:
+        return (
+            f"indexed: {self.added} added, {self.changed} changed, {self.removed} removed, "
+            f"{len(self.skipped)} skipped, {self.unchanged} unchanged; {self.documents} documents, "
+            f"{self.passages} passages ({self.embedded} embedded) in {self.seconds:.1f}s"
+            + (f"; version {self.version}" if self.version else "")
+        )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["skipped"] = [asdict(s) for s in self.skipped]
+        return d
+
+
+# Reading a published version.
+
+
+def current_version(index_dir: Path) -> int | None:
+    try:
+        name = (index_dir / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not name.startswith("v") or not name[1:].isdigit():
+        raise IndexDamaged(f"{index_dir / CURRENT} is damaged ({name[:40]!r}): run `qa index --rebuild`")
+    return int(name[1:])
+
+
+def version_dir(index_dir: Path, version: int) -> Path:
+    return index_dir / f"v{version:06d}"
+
+
+class IndexVersion:
+    """One published version, opened read-only. Immutable, so it can be shared by threads."""
+
+    def __init__(self, path: Path, config: Config) -> None:
+        self.path = path
+        try:
+            self.manifest = Manifest.read(path / MANIFEST)
+        except FileNotFoundError as exc:
+            raise IndexDamaged(f"{path} has no manifest: run `qa index --rebuild`") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IndexDamaged(f"{path / MANIFEST} is damaged: run `qa index --rebuild`") from exc
+        if self.manifest.format_version != FORMAT_VERSION:
+            raise IndexMismatch(
+                f"index format {self.manifest.format_version} is not {FORMAT_VERSION}: run `qa index --rebuild`"
+            )
+        if self.manifest.model != config.model:
+            raise IndexMismatch(
+                f"the index was built with model {self.manifest.model!r} (dimension {self.manifest.dimension}), "
+                f"but the configured model is {config.model!r}: run `qa index --rebuild`"
+            )
+        try:
+            self.passage_vectors = faiss.read_index(str(path / PASSAGE_VECTORS))
+            self.sentence_vectors = faiss.read_index(str(path / SENTENCE_VECTORS))
+            self.store = Store(path / STORE, readonly=True)
+            counts = self.store.counts()
+        except (RuntimeError, sqlite3.DatabaseError) as exc:
+            raise IndexDamaged(f"index version {path.name} is damaged ({exc}): run `qa index --rebuild`") from exc
+        if (
+            self.passage_vectors.ntotal != self.manifest.passages
+            or self.sentence_vectors.ntotal != self.manifest.sentences
+            or counts["passages"] != self.manifest.passages
+            or self.passage_vectors.d != self.manifest.dimension
+        ):
+            raise IndexDamaged(f"index version {path.name} is inconsistent: run `qa index --rebuild`")
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_index(config: Config) -> IndexVersion:
+    version = current_version(config.index)
+    if version is None:
+        raise NoIndex(f"no index yet in {config.index}: run `qa index`")
+    return IndexVersion(version_dir(config.index, version), config)
+
+
+# Building the next version.
+
+
+def _new_vector_index(dimension: int) -> faiss.Index:
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in path.iterdir():
+        with open(p, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def build_lock(config: Config, wait: float) -> FileLock:
+    config.index.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(config.index / LOCK))
+    try:
+        lock.acquire(timeout=wait)
+    except Timeout as exc:
+        raise IndexBusy(
+            f"another build holds {config.index / LOCK}; wait for it to finish"
+            + (f" (waited {wait:.0f}s)" if wait > 0 else " or pass --wait SECONDS")
+        ) from exc
+    return lock
+
+
+def build_index(
+    config: Config,
+    embedder: Embedder,
+    *,
+    rebuild: bool = False,
+    upserts: list[Document] | None = None,
+    deletes: list[str] | None = None,
+    wait: float = 0.0,
+    progress: ProgressFn | None = None,
+    show_progress: bool = False,
+) -> BuildSummary:
+    """Brings the index up to date and publishes a new version if anything changed.
+
+    With `upserts`/`deletes`, only those documents change (the service's fast path); otherwise the
+    whole corpus folder is read and compared by content hash.
+    """
+    started = time.perf_counter()
+    report = lambda phase, done=0, total=0: progress and progress(phase, done, total)  # noqa: E731
+    lock = build_lock(config, wait)
+    try:
+        report("reading")
+        previous = None if rebuild else _previous(config)
+        old_hashes = previous.store.document_hashes() if previous else {}
+        summary = BuildSummary()
+        if upserts is None and deletes is None:
+            corpus: CorpusReport = read_corpus(config.corpus)
+            summary.skipped = corpus.skipped
+            wanted = {d.id: d for d in corpus.documents}
+            removed = [i for i in old_hashes if i not in wanted]
+        else:
+            wanted = {d.id: d for d in upserts or []}
+            removed = [i for i in deletes or [] if i in old_hashes and i not in wanted]
+        todo = [d for d in wanted.values() if old_hashes.get(d.id) != d.hash]
+        summary.added = sum(1 for d in todo if d.id not in old_hashes)
+        summary.changed = len(todo) - summary.added
+        summary.removed = len(removed)
+        summary.unchanged = len(wanted) - len(todo)
+        if previous is not None and not todo and not removed:
+            counts = previous.store.counts()
+            summary.documents, summary.passages = counts["documents"], counts["passages"]
+            summary.version = previous.version
+            previous.close()
+            summary.seconds = time.perf_counter() - started
+            report("done", 1, 1)
+            return summary
+        _publish(config, embedder, previous, todo, removed, summary, report, show_progress)
+        summary.seconds = time.perf_counter() - started
+        report("done", 1, 1)
+        return summary
+    finally:
+        lock.release()
+
+
+def _previous(config: Config) -> IndexVersion | None:
+    try:
+        return open_index(config)
+    except NoIndex:
+        return None
+
+
+def _publish(
+    config: Config,
+    embedder: Embedder,
+    previous: IndexVersion | None,
+    todo: list[Document],
+    removed: list[str],
+    summary: BuildSummary,
+    report: Callable,
+    show_progress: bool,
+) -> None:
+    index_dir = config.index
+    _remove_stale_builds(index_dir)
+    work = index_dir / f".build-{os.getpid()}-{int(time.time() * 1000)}"
+    work.mkdir()
+    try:
+        if previous is not None:
+            shutil.copy2(previous.path / STORE, work / STORE)
+            passage_vectors = faiss.read_index(str(previous.path / PASSAGE_VECTORS))
+            sentence_vectors = faiss.read_index(str(previous.path / SENTENCE_VECTORS))
+            previous.close()
+        else:
+            passage_vectors = _new_vector_index(embedder.dimension)
+            sentence_vectors = _new_vector_index(embedder.dimension)
+        store = Store(work / STORE)
+        store.begin()
+        splitter = PassageSplitter(
+            embedder.count_tokens,
+            embedder.split_tokens,
+            embedder.max_tokens,
+            config.min_passage_words,
+            config.window_overlap_sentences,
+        )
+        dropped_p: list[int] = []
+        dropped_s: list[int] = []
+        for doc_id in removed + [d.id for d in todo]:
+            p, s = store.delete_document(doc_id)
+            dropped_p += p
+            dropped_s += s
+        passage_texts: list[str] = []
+        passage_ids: list[int] = []
+        sentence_texts: list[str] = []
+        sentence_ids: list[int] = []
+        for doc in todo:
+            passages = splitter.split(doc)
+            pids, sids = store.add_document(doc, passages)
+            passage_ids += pids
+            passage_texts += [f"{doc.title}\n{p.text}" for p in passages]
+            sentence_ids += sids
+            sentence_texts += [p.text[s.start : s.end] for p in passages for s in p.sentences]
+        if dropped_p:
+            passage_vectors.remove_ids(np.asarray(dropped_p, dtype=np.int64))
+        if dropped_s:
+            sentence_vectors.remove_ids(np.asarray(dropped_s, dtype=np.int64))
+        total = len(passage_texts) + len(sentence_texts)
+        done = 0
+        bar = tqdm(total=total, desc="embedding", unit="text", disable=not show_progress or total < EMBED_BLOCK)
+        for texts, ids, target in ((passage_texts, passage_ids, passage_vectors), (sentence_texts, sentence_ids, sentence_vectors)):
+            # Longest first in blocks of similar length: padding is what costs on a CPU.
+            order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+            for k in range(0, len(order), EMBED_BLOCK):
+                chunk = order[k : k + EMBED_BLOCK]
+                vectors = embedder.embed([texts[i] for i in chunk])
+                target.add_with_ids(vectors, np.asarray([ids[i] for i in chunk], dtype=np.int64))
+                done += len(chunk)
+                bar.update(len(chunk))
+                report("embedding", done, total)
+        bar.close()
+        report("publishing", 0, 1)
+        store.commit()
+        counts = store.counts()
+        store.close()
+        faiss.write_index(passage_vectors, str(work / PASSAGE_VECTORS))
+        faiss.write_index(sentence_vectors, str(work / SENTENCE_VECTORS))
+        version = max([previous.version if previous else 0, *_existing_versions(index_dir)]) + 1
+        manifest = Manifest(
+            FORMAT_VERSION,
+            version,
+            config.model,
+            embedder.dimension,
+            counts["documents"],
+            counts["passages"],
+            counts["sentences"],
+            datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        (work / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
+        _fsync_tree(work)
+        final = version_dir(index_dir, version)
+        os.rename(work, final)
+        pointer = index_dir / f".{CURRENT}.{os.getpid()}"
+        pointer.write_text(final.name + "\n")
+        with open(pointer, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(pointer, index_dir / CURRENT)
+        _fsync_dir(index_dir)
+        summary.documents, summary.passages = counts["documents"], counts["passages"]
+        summary.embedded = len(passage_texts)
+        summary.version = version
+        _remove_old_versions(index_dir, version, config.keep_versions)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _existing_versions(index_dir: Path) -> list[int]:
+    return [int(p.name[1:]) for p in index_dir.glob("v*") if p.is_dir() and p.name[1:].isdigit()]
+
+
+def _remove_stale_builds(index_dir: Path) -> None:
+    """Folders of builds that were killed; safe to remove because we hold the lock."""
+    for p in index_dir.glob(".build-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in index_dir.glob(f".{CURRENT}.*"):
+        p.unlink(missing_ok=True)
+
+
+def _remove_old_versions(index_dir: Path, current: int, keep: int) -> None:
+    for v in _existing_versions(index_dir):
+        if v > current or v < current - keep:
+            shutil.rmtree(version_dir(index_dir, v), ignore_errors=True)

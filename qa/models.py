@@ -1,0 +1,93 @@
+"""Data that crosses a boundary: articles read from disk, and the answer object the API returns."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, Field
+
+
+@dataclass
+class Document:
+    """One article. `text` is the body; every offset in the project points into it."""
+
+    id: str
+    title: str
+    text: str
+    date: str | None = None
+    url: str | None = None
+    source: str | None = None
+    path: str | None = None
+
+    @property
+    def hash(self) -> str:
+        payload = json.dumps([self.title, self.text, self.date, self.url, self.source], ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Sentence:
+    start: int  # offsets in the passage text
+    end: int
+
+
+@dataclass
+class Passage:
+    document_id: str
+    ordinal: int
+    start: int  # offsets in the document text
+    end: int
+    text: str
+    sentences: list[Sentence] = field(default_factory=list)
+
+
+class Filters(BaseModel):
+    """Restrict retrieval to some articles."""
+
+    document_id: str | None = None
+    source: str | None = None
+    date_from: str | None = Field(None, description="ISO date, inclusive")
+    date_to: str | None = Field(None, description="ISO date, inclusive")
+
+    def empty(self) -> bool:
+        return not any(self.model_dump().values())
+
+
+class Answer(BaseModel):
+    text: str = Field(description="A verbatim span of the article")
+    score: float = Field(ge=0.0, le=1.0)
+    start: int = Field(description="Offset of the answer in the passage text")
+    end: int
+    document_start: int = Field(description="Offset of the answer in the document text")
+    document_end: int
+    sentence: str = Field(description="The sentence that holds the answer")
+    sentence_start: int = Field(description="Offset of the sentence in the passage text")
+    passage_id: int
+    document_id: str
+    title: str
+    date: str | None = None
+    url: str | None = None
+
+
+class PassageHit(BaseModel):
+    id: int
+    document_id: str
+    title: str
+    text: str
+    score: float
+    start: int = Field(description="Offset of the passage in the document text")
+    end: int
+    date: str | None = None
+    url: str | None = None
+    source: str | None = None
+
+
+class AskResult(BaseModel):
+    question: str
+    answers: list[Answer]
+    passages: list[PassageHit]
+    no_answer: bool
+    took_ms: float
+    index_version: int | None = None

@@ -1,0 +1,73 @@
+"""Question in, answer object out: embed the question, retrieve passages, read answers.
+
+The pipeline follows the published index: each question runs against one complete version,
+and a newer version is picked up as soon as `CURRENT` names it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from qa.config import Config
+from qa.embedding import Embedder
+from qa.index import IndexVersion, current_version, open_index
+from qa.models import AskResult, Filters, PassageHit
+from qa.reader import Reader, make_reader
+from qa.retriever import Retriever
+
+
+class Pipeline:
+    def __init__(self, config: Config, embedder: Embedder | None = None, reader: Reader | None = None) -> None:
+        self.config = config
+        self.embedder = embedder or Embedder(config.model, config.batch_size)
+        self.retriever = Retriever(config)
+        self.reader = reader or make_reader(config)
+        self._index: IndexVersion | None = None
+        self._lock = threading.Lock()
+
+    def index(self) -> IndexVersion:
+        """The current published version, reloaded when a newer one is published."""
+        latest = current_version(self.config.index)
+        loaded = self._index
+        if loaded is not None and loaded.version == latest:
+            return loaded
+        with self._lock:
+            if self._index is None or self._index.version != latest:
+                # The old version stays open for requests already using it; its files are only
+                # removed several versions later.
+                self._index = open_index(self.config)
+            return self._index
+
+    def ask(self, question: str, top_k: int | None = None, filters: Filters | None = None) -> AskResult:
+        started = time.perf_counter()
+        top_k = top_k or self.config.top_k
+        index = self.index()
+        vector = self.embedder.embed([question])[0]
+        hits = self.retriever.retrieve(index, vector, question, max(top_k, self.config.read_passages), filters)
+        rows = index.store.passages([h.passage_id for h in hits])
+        answers = self.reader.read(question, vector, index, hits, rows)
+        passages = [
+            PassageHit(
+                id=h.passage_id,
+                document_id=rows[h.passage_id].document_id,
+                title=rows[h.passage_id].title,
+                text=rows[h.passage_id].text,
+                score=round(h.score, 4),
+                start=rows[h.passage_id].start,
+                end=rows[h.passage_id].end,
+                date=rows[h.passage_id].date,
+                url=rows[h.passage_id].url,
+                source=rows[h.passage_id].source,
+            )
+            for h in hits[:top_k]
+            if h.passage_id in rows
+        ]
+        return AskResult(
+            question=question,
+            answers=answers,
+            passages=passages,
+            no_answer=not answers,
+            took_ms=round((time.perf_counter() - started) * 1000, 2),
+            index_version=index.version,
+        )

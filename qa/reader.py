@@ -1,0 +1,196 @@
+"""Readers turn retrieved passages into extractive answers: verbatim spans with offsets.
+
+`SentenceReader` works offline with the bundled embedding model: it ranks the sentences of the
+retrieved passages by their index-time embeddings and marks the answer span inside the best ones.
+Any reader implements `Reader.read`, so a trained span reader can replace it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from qa.config import Config
+from qa.index import IndexVersion
+from qa.models import Answer
+from qa.retriever import Hit
+from qa.store import STOP_WORDS, PassageRow, query_terms
+
+_WORD = re.compile(r"[\w'’%$£€.-]*\w|[\w$£€]")
+_CAUSE = re.compile(
+    r"\b(because|since|as a result of|due to|after|in order to|so that|so as to|aimed at|to help|"
+    r"trying to|tried to|demanded|in a bid to|as part of|owing to|thanks to)\b",
+    re.IGNORECASE,
+)
+_MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
+_NUMBER = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|million|billion)\b", re.I)
+_DATE = re.compile(rf"\b(\d{{4}}|{_MONTHS}|\d{{1,2}}(st|nd|rd|th)?)\b", re.I)
+
+
+@dataclass
+class Candidate:
+    passage: PassageRow
+    sentence_start: int
+    sentence_end: int
+    score: float
+
+
+class Reader(Protocol):
+    def read(
+        self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
+    ) -> list[Answer]: ...
+
+
+def stem(word: str) -> str:
+    """A crude stem, enough to match 'partner' with 'partnership' and 'analyse' with 'analysed'."""
+    w = word.lower()
+    return w[:5] if len(w) > 5 else w
+
+
+class SentenceReader:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def read(
+        self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
+    ) -> list[Answer]:
+        hits = [h for h in hits if h.passage_id in rows][: self.config.read_passages]
+        if not hits:
+            return []
+        sentences = index.store.sentences([h.passage_id for h in hits])
+        ids = [s.id for h in hits for s in sentences[h.passage_id]]
+        if not ids:
+            return []
+        vectors = np.vstack([index.sentence_vectors.reconstruct(int(i)) for i in ids])
+        cosines = vectors @ question_vector
+        q_stems = {stem(t) for t in query_terms(question)}
+        why = bool(re.match(r"\s*why\b", question, re.I))
+        candidates: list[Candidate] = []
+        k = 0
+        for h in hits:
+            row = rows[h.passage_id]
+            for s in sentences[h.passage_id]:
+                text = row.text[s.start : s.end]
+                words = {stem(w) for w in re.findall(r"\w+", text)}
+                overlap = len(q_stems & words) / len(q_stems) if q_stems else 0.0
+                score = 0.55 * float(cosines[k]) + 0.3 * overlap + 0.15 * h.score
+                if why and _CAUSE.search(text):
+                    score += 0.05
+                candidates.append(Candidate(row, s.start, s.end, score))
+                k += 1
+        candidates.sort(key=lambda c: -c.score)
+        answers: list[Answer] = []
+        seen: set[tuple[str, int]] = set()
+        for c in candidates:
+            score = max(0.0, min(1.0, c.score))
+            if len(answers) >= self.config.max_answers or score < self.config.answer_threshold:
+                break
+            row = c.passage
+            key = (row.document_id, row.start + c.sentence_start)
+            sentence = row.text[c.sentence_start : c.sentence_end]
+            if key in seen or any(a.sentence == sentence and a.document_id == row.document_id for a in answers):
+                continue  # the same sentence reached through an overlapping window
+            seen.add(key)
+            s, e = answer_span(question, sentence, q_stems, why)
+            start, end = c.sentence_start + s, c.sentence_start + e
+            answers.append(
+                Answer(
+                    text=row.text[start:end],
+                    score=round(score, 4),
+                    start=start,
+                    end=end,
+                    document_start=row.start + start,
+                    document_end=row.start + end,
+                    sentence=sentence,
+                    sentence_start=c.sentence_start,
+                    passage_id=row.id,
+                    document_id=row.document_id,
+                    title=row.title,
+                    date=row.date,
+                    url=row.url,
+                )
+            )
+        return answers
+
+
+def answer_span(question: str, sentence: str, q_stems: set[str], why: bool) -> tuple[int, int]:
+    """(start, end) of the answer inside the sentence.
+
+    Why-questions get the causal clause; others get the run of words, between the words the
+    question already has, that best fits what it asks for (a number, a date, a name).
+    """
+    if why:
+        m = _CAUSE.search(sentence)
+        start = m.start() if m else 0
+        return _trim(sentence, start, len(sentence))
+    tokens = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(sentence)]
+    if not tokens:
+        return 0, len(sentence)
+    in_q = [stem(t) in q_stems for _, _, t in tokens]
+    runs: list[tuple[int, int]] = []  # token index ranges not containing question words nor clause punctuation
+    i = 0
+    while i < len(tokens):
+        if in_q[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(tokens) and not in_q[j + 1] and not re.search(r"[,;:()—–]", sentence[tokens[j][1] : tokens[j + 1][0]]):
+            j += 1
+        runs.append((i, j))
+        i = j + 1
+    wants = _answer_type(question)
+    q_positions = [k for k, q in enumerate(in_q) if q]
+    best, best_score = None, -1e9
+    for i, j in runs:
+        while i <= j and tokens[i][2].lower() in STOP_WORDS:
+            i += 1
+        while j >= i and tokens[j][2].lower() in STOP_WORDS:
+            j -= 1
+        if i > j:
+            continue
+        text = sentence[tokens[i][0] : tokens[j][1]]
+        n = j - i + 1
+        score = 0.0
+        if wants == "number" and _NUMBER.search(text):
+            score += 2
+        elif wants == "date" and _DATE.search(text):
+            score += 2
+        elif wants == "name" and any(t[2][:1].isupper() for t in tokens[i : j + 1]):
+            score += 1.5
+        if q_positions:
+            distance = min(min(abs(p - i), abs(p - j)) for p in q_positions)
+            score -= 0.15 * distance
+        score -= 0.08 * max(0, n - 4)
+        if score > best_score:
+            best, best_score = (tokens[i][0], tokens[j][1]), score
+    if best is None:
+        return _trim(sentence, 0, len(sentence))
+    return best
+
+
+def _answer_type(question: str) -> str:
+    q = question.lower()
+    if re.search(r"\bhow (many|much|long|far|old|big|large|tall|often)\b|\bwhat (percentage|number|amount)\b", q):
+        return "number"
+    if re.search(r"\bwhen\b|\bwhat (year|date|day|month|time|century)\b|\bwhich (year|date)\b", q):
+        return "date"
+    if re.search(r"\bwho\b|\bwhom\b|\bwhose\b|\bwhere\b|\bwhich (company|country|city|team|person)\b", q):
+        return "name"
+    return "other"
+
+
+def _trim(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and (text[start].isspace() or text[start] in ",;:"):
+        start += 1
+    while end > start and (text[end - 1].isspace() or text[end - 1] in ".,;:"):
+        end -= 1
+    return (start, end) if end > start else (0, len(text))
+
+
+def make_reader(config: Config) -> Reader:
+    if config.reader == "sentence":
+        return SentenceReader(config)
+    raise ValueError(f"unknown reader {config.reader!r} (available: sentence)")

@@ -1,0 +1,75 @@
+"""Hybrid retrieval: dense passage search, dense best-sentence search and BM25, fused by rank."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from qa.config import Config
+from qa.index import IndexVersion
+from qa.models import Filters
+
+
+@dataclass
+class Hit:
+    passage_id: int
+    score: float  # fused, in [0, 1]
+    dense: float | None = None  # cosine of question and passage
+    sentence: float | None = None  # cosine of question and the passage's best sentence
+    lexical: float | None = None  # BM25
+
+
+class Retriever:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def retrieve(
+        self, index: IndexVersion, question_vector: np.ndarray, question: str, top_k: int, filters: Filters | None
+    ) -> list[Hit]:
+        cfg = self.config
+        n = max(cfg.candidates, top_k)
+        q = question_vector.reshape(1, -1)
+        passage_params = sentence_params = None
+        if filters is not None and not filters.empty():
+            allowed_p = index.store.filtered_passage_ids(filters)
+            if not allowed_p:
+                return []
+            passage_params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed_p, dtype=np.int64)))
+            allowed_s = index.store.filtered_sentence_ids(filters)
+            sentence_params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed_s, dtype=np.int64)))
+
+        dense = _search(index.passage_vectors, q, n, passage_params)
+        by_sentence: dict[int, float] = {}
+        sent_hits = _search(index.sentence_vectors, q, n * 3, sentence_params)
+        owners = index.store.sentence_passages([sid for sid, _ in sent_hits])
+        for sid, score in sent_hits:
+            pid = owners.get(sid)
+            if pid is not None and pid not in by_sentence:
+                by_sentence[pid] = score
+        lexical = index.store.search_bm25(question, n, filters)
+
+        fused: dict[int, Hit] = {}
+        rankings = (
+            ("dense", dense, cfg.weight_dense),
+            ("sentence", list(by_sentence.items()), cfg.weight_sentence),
+            ("lexical", lexical, cfg.weight_lexical),
+        )
+        best = sum(w for _, _, w in rankings) / (cfg.rrf_k + 1)
+        for name, ranking, weight in rankings:
+            for rank, (pid, score) in enumerate(ranking):
+                hit = fused.setdefault(pid, Hit(pid, 0.0))
+                hit.score += weight / (cfg.rrf_k + rank + 1)
+                setattr(hit, name, score)
+        hits = sorted(fused.values(), key=lambda h: -h.score)[:top_k]
+        for h in hits:
+            h.score = h.score / best if best else 0.0
+        return hits
+
+
+def _search(index: faiss.Index, q: np.ndarray, n: int, params) -> list[tuple[int, float]]:
+    if index.ntotal == 0:
+        return []
+    scores, ids = index.search(q, min(n, index.ntotal), params=params) if params else index.search(q, min(n, index.ntotal))
+    return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]

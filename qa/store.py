@@ -1,0 +1,264 @@
+"""The SQLite store of one index version: documents, passages, sentences and an FTS5 table for BM25."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from qa.models import Document, Filters, Passage
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    date TEXT,
+    url TEXT,
+    source TEXT,
+    path TEXT,
+    hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS passages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    document_id TEXT NOT NULL REFERENCES documents(id),
+    ordinal INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS passages_document ON passages(document_id);
+CREATE TABLE IF NOT EXISTS sentences (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    passage_id INTEGER NOT NULL REFERENCES passages(id),
+    ordinal INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sentences_passage ON sentences(passage_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5(
+    title, text, tokenize = 'porter unicode61 remove_diacritics 2'
+);
+"""
+
+# Words that carry no evidence for BM25; questions are full of them.
+STOP_WORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each few for from further had has have
+    having he her here hers herself him himself his how i if in into is it its itself just me more most
+    my myself no nor not now of off on once only or other our ours ourselves out over own same she should
+    so some such than that the their theirs them themselves then there these they this those through to
+    too under until up very was we were what when where which while who whom why will with would you your
+    yours yourself yourselves s t also did does many much name named called""".split()
+)
+
+
+@dataclass
+class PassageRow:
+    id: int
+    document_id: str
+    ordinal: int
+    start: int
+    end: int
+    text: str
+    title: str
+    date: str | None
+    url: str | None
+    source: str | None
+
+
+@dataclass
+class SentenceRow:
+    id: int
+    passage_id: int
+    start: int
+    end: int
+
+
+class Store:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = path
+        uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+        self.db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA foreign_keys = OFF")
+        self.lock = threading.Lock()
+        if not readonly:
+            self.db.execute("PRAGMA journal_mode = DELETE")
+            self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # Writing (one builder at a time, inside a transaction it controls).
+
+    def begin(self) -> None:
+        self.db.execute("BEGIN")
+
+    def commit(self) -> None:
+        self.db.execute("COMMIT")
+
+    def document_hashes(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT id, hash FROM documents"))
+
+    def delete_document(self, doc_id: str) -> tuple[list[int], list[int]]:
+        """Removes a document; returns the passage and sentence ids that went with it."""
+        pids = [r[0] for r in self.db.execute("SELECT id FROM passages WHERE document_id = ?", (doc_id,))]
+        sids: list[int] = []
+        for pid in pids:
+            sids.extend(r[0] for r in self.db.execute("SELECT id FROM sentences WHERE passage_id = ?", (pid,)))
+        self.db.executemany("DELETE FROM passages_fts WHERE rowid = ?", [(p,) for p in pids])
+        self.db.execute("DELETE FROM sentences WHERE passage_id IN (SELECT id FROM passages WHERE document_id = ?)", (doc_id,))
+        self.db.execute("DELETE FROM passages WHERE document_id = ?", (doc_id,))
+        self.db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+        return pids, sids
+
+    def add_document(self, doc: Document, passages: list[Passage]) -> tuple[list[int], list[int]]:
+        """Stores a document and its passages; returns the new passage ids and sentence ids, in order."""
+        self.db.execute(
+            "INSERT INTO documents (id, title, text, date, url, source, path, hash) VALUES (?,?,?,?,?,?,?,?)",
+            (doc.id, doc.title, doc.text, doc.date, doc.url, doc.source, doc.path, doc.hash),
+        )
+        pids, sids = [], []
+        for p in passages:
+            cur = self.db.execute(
+                "INSERT INTO passages (document_id, ordinal, start, end, text) VALUES (?,?,?,?,?)",
+                (doc.id, p.ordinal, p.start, p.end, p.text),
+            )
+            pid = int(cur.lastrowid)
+            pids.append(pid)
+            self.db.execute("INSERT INTO passages_fts (rowid, title, text) VALUES (?,?,?)", (pid, doc.title, p.text))
+            for k, s in enumerate(p.sentences):
+                cur = self.db.execute(
+                    "INSERT INTO sentences (passage_id, ordinal, start, end) VALUES (?,?,?,?)", (pid, k, s.start, s.end)
+                )
+                sids.append(int(cur.lastrowid))
+        return pids, sids
+
+    # Reading.
+
+    def counts(self) -> dict[str, int]:
+        q = lambda table: self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: E731
+        with self.lock:
+            return {"documents": q("documents"), "passages": q("passages"), "sentences": q("sentences")}
+
+    def passages(self, ids: list[int]) -> dict[int, PassageRow]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        with self.lock:
+            rows = self.db.execute(
+                f"""SELECT p.id, p.document_id, p.ordinal, p.start, p.end, p.text, d.title, d.date, d.url, d.source
+                FROM passages p JOIN documents d ON d.id = p.document_id WHERE p.id IN ({marks})""",
+                ids,
+            ).fetchall()
+        return {r[0]: PassageRow(*r) for r in rows}
+
+    def sentences(self, passage_ids: list[int]) -> dict[int, list[SentenceRow]]:
+        out: dict[int, list[SentenceRow]] = {pid: [] for pid in passage_ids}
+        if not passage_ids:
+            return out
+        marks = ",".join("?" * len(passage_ids))
+        with self.lock:
+            rows = self.db.execute(
+                f"SELECT id, passage_id, start, end FROM sentences WHERE passage_id IN ({marks}) ORDER BY passage_id, ordinal",
+                passage_ids,
+            ).fetchall()
+        for r in rows:
+            out[r[1]].append(SentenceRow(*r))
+        return out
+
+    def sentence_passages(self, sentence_ids: list[int]) -> dict[int, int]:
+        if not sentence_ids:
+            return {}
+        marks = ",".join("?" * len(sentence_ids))
+        with self.lock:
+            return dict(self.db.execute(f"SELECT id, passage_id FROM sentences WHERE id IN ({marks})", sentence_ids))
+
+    def search_bm25(self, question: str, limit: int, filters: Filters | None = None) -> list[tuple[int, float]]:
+        """(passage id, BM25 score: higher is better) for the question's content words."""
+        terms = query_terms(question)
+        if not terms:
+            return []
+        match = " OR ".join(f'"{t}"' for t in terms)
+        where, params = filter_sql(filters)
+        sql = (
+            "SELECT passages_fts.rowid, -bm25(passages_fts, 0.5, 1.0) AS score FROM passages_fts "
+            + ("JOIN passages p ON p.id = passages_fts.rowid JOIN documents d ON d.id = p.document_id " if where else "")
+            + "WHERE passages_fts MATCH ? "
+            + (f"AND {where} " if where else "")
+            + "ORDER BY bm25(passages_fts, 0.5, 1.0) LIMIT ?"
+        )
+        with self.lock:
+            return [(int(r[0]), float(r[1])) for r in self.db.execute(sql, [match, *params, limit])]
+
+    def filtered_passage_ids(self, filters: Filters) -> list[int]:
+        where, params = filter_sql(filters)
+        with self.lock:
+            return [r[0] for r in self.db.execute(
+                f"SELECT p.id FROM passages p JOIN documents d ON d.id = p.document_id WHERE {where}", params
+            )]
+
+    def filtered_sentence_ids(self, filters: Filters) -> list[int]:
+        where, params = filter_sql(filters)
+        with self.lock:
+            return [r[0] for r in self.db.execute(
+                f"""SELECT s.id FROM sentences s JOIN passages p ON p.id = s.passage_id
+                JOIN documents d ON d.id = p.document_id WHERE {where}""",
+                params,
+            )]
+
+    def document(self, doc_id: str) -> dict | None:
+        with self.lock:
+            row = self.db.execute(
+                "SELECT id, title, text, date, url, source, path, hash FROM documents WHERE id = ?", (doc_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            n = self.db.execute("SELECT count(*) FROM passages WHERE document_id = ?", (doc_id,)).fetchone()[0]
+        keys = ["id", "title", "text", "date", "url", "source", "path", "hash"]
+        return {**dict(zip(keys, row)), "passages": n}
+
+    def documents(self, offset: int, limit: int) -> list[dict]:
+        with self.lock:
+            rows = self.db.execute(
+                """SELECT d.id, d.title, d.date, d.url, d.source, d.path,
+                (SELECT count(*) FROM passages p WHERE p.document_id = d.id)
+                FROM documents d ORDER BY d.id LIMIT ? OFFSET ?""",
+                (limit, offset),
+            ).fetchall()
+        keys = ["id", "title", "date", "url", "source", "path", "passages"]
+        return [dict(zip(keys, r)) for r in rows]
+
+    def sample_titles(self, limit: int) -> list[str]:
+        with self.lock:
+            return [r[0] for r in self.db.execute("SELECT title FROM documents ORDER BY id LIMIT ?", (limit,))]
+
+
+def query_terms(question: str) -> list[str]:
+    words = re.findall(r"\w+", question.lower())
+    seen: dict[str, None] = {}
+    for w in words:
+        if w not in STOP_WORDS and (len(w) > 1 or w.isdigit()):
+            seen.setdefault(w, None)
+    return list(seen)
+
+
+def filter_sql(filters: Filters | None) -> tuple[str, list]:
+    if filters is None or filters.empty():
+        return "", []
+    clauses, params = [], []
+    if filters.document_id:
+        clauses.append("d.id = ?")
+        params.append(filters.document_id)
+    if filters.source:
+        clauses.append("d.source = ?")
+        params.append(filters.source)
+    if filters.date_from:
+        clauses.append("d.date >= ?")
+        params.append(filters.date_from)
+    if filters.date_to:
+        clauses.append("d.date <= ?")
+        params.append(filters.date_to)
+    return " AND ".join(clauses), params
