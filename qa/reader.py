@@ -25,6 +25,7 @@ _CAUSE = re.compile(
     r"trying to|tried to|demanded|in a bid to|as part of|owing to|thanks to)\b",
     re.IGNORECASE,
 )
+_WHY = re.compile(r"\s*(why\b|what (was|is|were|are) the (reason|cause|motive|purpose)s?\b|for what reason)", re.I)
 _MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
 _NUMBER = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|million|billion)\b", re.I)
 _DATE = re.compile(rf"\b(\d{{4}}|{_MONTHS}|\d{{1,2}}(st|nd|rd|th)?)\b", re.I)
@@ -60,6 +61,9 @@ class SentenceReader:
         hits = [h for h in hits if h.passage_id in rows][: self.config.read_passages]
         if not hits:
             return []
+        why = bool(_WHY.match(question))
+        if why:  # reasons are spread over an article: read all of the best one
+            hits, rows = _whole_document(index, hits, rows)
         sentences = index.store.sentences([h.passage_id for h in hits])
         ids = [s.id for h in hits for s in sentences[h.passage_id]]
         if not ids:
@@ -67,7 +71,6 @@ class SentenceReader:
         vectors = np.vstack([index.sentence_vectors.reconstruct(int(i)) for i in ids])
         cosines = vectors @ question_vector
         q_stems = {stem(t) for t in query_terms(question)}
-        why = bool(re.match(r"\s*why\b", question, re.I))
         candidates: list[Candidate] = []
         k = 0
         for h in hits:
@@ -77,8 +80,8 @@ class SentenceReader:
                 words = {stem(w) for w in re.findall(r"\w+", text)}
                 overlap = len(q_stems & words) / len(q_stems) if q_stems else 0.0
                 score = 0.55 * float(cosines[k]) + 0.3 * overlap + 0.15 * h.score
-                if why and _CAUSE.search(text):
-                    score += 0.05
+                if why:  # a why-question wants a reason: favour sentences that give one
+                    score += 0.15 if _CAUSE.search(text) else -0.1
                 candidates.append(Candidate(row, s.start, s.end, score))
                 k += 1
         candidates.sort(key=lambda c: -c.score)
@@ -114,6 +117,14 @@ class SentenceReader:
                 )
             )
         return answers
+
+
+def _whole_document(index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]) -> tuple[list[Hit], dict[int, PassageRow]]:
+    top = hits[0]
+    doc_id = rows[top.passage_id].document_id
+    extra = [pid for pid in index.store.document_passage_ids(doc_id) if pid not in rows]
+    rows = {**rows, **index.store.passages(extra)}
+    return hits + [Hit(pid, top.score) for pid in extra], rows
 
 
 def answer_span(question: str, sentence: str, q_stems: set[str], why: bool) -> tuple[int, int]:

@@ -169,6 +169,10 @@ class Store:
             out[r[1]].append(SentenceRow(*r))
         return out
 
+    def document_passage_ids(self, doc_id: str) -> list[int]:
+        with self.lock:
+            return [r[0] for r in self.db.execute("SELECT id FROM passages WHERE document_id = ? ORDER BY ordinal", (doc_id,))]
+
     def sentence_passages(self, sentence_ids: list[int]) -> dict[int, int]:
         if not sentence_ids:
             return {}

@@ -1,0 +1,143 @@
+"""`qa eval`: retrieval recall, MRR and SQuAD EM/F1 on a JSONL question set (format: ../shared/data/README.md)."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import re
+import string
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from qa.config import Config
+from qa.embedding import Embedder
+from qa.index import build_index
+from qa.models import Document, Filters
+from qa.pipeline import Pipeline
+
+RECALL_AT = (1, 5, 20)
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def exact_match(prediction: str, gold: list[str]) -> float:
+    return float(any(normalize_answer(prediction) == normalize_answer(g) for g in gold))
+
+
+def f1_score(prediction: str, gold: list[str]) -> float:
+    best = 0.0
+    pred_tokens = normalize_answer(prediction).split()
+    for g in gold:
+        gold_tokens = normalize_answer(g).split()
+        common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
+        same = sum(common.values())
+        if not pred_tokens or not gold_tokens:
+            best = max(best, float(pred_tokens == gold_tokens))
+            continue
+        if same == 0:
+            continue
+        precision, recall = same / len(pred_tokens), same / len(gold_tokens)
+        best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def paragraphs_as_documents(paragraphs: list[dict]) -> list[Document]:
+    return [
+        Document(
+            id=str(p["id"]),
+            title=str(p.get("title") or p["id"]).replace("_", " "),
+            text=p["context"],
+            date=p.get("date"),
+            url=p.get("url"),
+            source=p.get("source"),
+        )
+        for p in paragraphs
+    ]
+
+
+def eval_index_dir(config: Config, paragraphs_path: Path) -> Path:
+    """A private index per paragraph file and model, reused across runs (it is only rebuilt when they change)."""
+    digest = hashlib.sha256(paragraphs_path.read_bytes() + config.model.encode()).hexdigest()[:12]
+    return config.index / "eval" / f"{paragraphs_path.parent.name}-{digest}"
+
+
+def evaluate(
+    config: Config,
+    paragraphs_path: Path,
+    questions_path: Path,
+    mode: str = "open",
+    limit: int | None = None,
+    extractive_only: bool = False,
+    show_progress: bool = True,
+) -> dict:
+    paragraphs = read_jsonl(paragraphs_path)
+    questions = read_jsonl(questions_path)
+    if extractive_only:
+        questions = [q for q in questions if q.get("answer_in_context", bool(q.get("answers")))]
+    if limit:
+        questions = questions[:limit]
+    cfg = config.replace(index=eval_index_dir(config, paragraphs_path))
+    embedder = Embedder(cfg.model, cfg.batch_size)
+    build_index(cfg, embedder, upserts=paragraphs_as_documents(paragraphs), deletes=[], wait=600)
+    pipeline = Pipeline(cfg, embedder)
+    pipeline.ask("warm up")
+
+    hits = {k: 0 for k in RECALL_AT}
+    rr = em = f1 = sentence_ok = 0.0
+    answerable = unanswerable = no_answer_ok = 0
+    latencies: list[float] = []
+    for q in tqdm(questions, desc="questions", disable=not show_progress):
+        gold = [a["text"] for a in q.get("answers", [])]
+        filters = Filters(document_id=q["context_id"]) if mode == "gold" else None
+        started = time.perf_counter()
+        result = pipeline.ask(q["question"], top_k=max(RECALL_AT), filters=filters)
+        latencies.append((time.perf_counter() - started) * 1000)
+        ranked = [p.document_id for p in result.passages]
+        if q["context_id"] in ranked:
+            rank = ranked.index(q["context_id"]) + 1
+            rr += 1 / rank
+            for k in RECALL_AT:
+                hits[k] += rank <= k
+        if q.get("is_impossible"):
+            unanswerable += 1
+            no_answer_ok += result.no_answer
+            continue
+        if not gold:
+            continue
+        answerable += 1
+        top = result.answers[0] if result.answers else None
+        prediction = top.text if top else ""
+        em += exact_match(prediction, gold)
+        f1 += f1_score(prediction, gold)
+        if top is not None:
+            sentence = normalize_answer(top.sentence)
+            sentence_ok += any(normalize_answer(g) in sentence for g in gold)
+
+    n = len(questions)
+    metrics: dict = {"questions": n, "mode": mode}
+    for k in RECALL_AT:
+        metrics[f"recall@{k}"] = round(hits[k] / n, 4) if n else 0.0
+    metrics["mrr"] = round(rr / n, 4) if n else 0.0
+    metrics["em"] = round(em / answerable, 4) if answerable else 0.0
+    metrics["f1"] = round(f1 / answerable, 4) if answerable else 0.0
+    metrics["sentence_accuracy"] = round(sentence_ok / answerable, 4) if answerable else 0.0
+    if unanswerable:
+        metrics["no_answer_accuracy"] = round(no_answer_ok / unanswerable, 4)
+    metrics["latency_ms_p50"] = round(float(np.percentile(latencies, 50)), 2) if latencies else 0.0
+    metrics["latency_ms_p95"] = round(float(np.percentile(latencies, 95)), 2) if latencies else 0.0
+    return metrics
