@@ -47,7 +47,7 @@ class Config:
     reader: str = "sentence"
     #: Passages the reader looks at.
     read_passages: int = 8
-    max_answers: int = 3
+    max_answers: int = 5
     #: Answers scoring below this are withheld; with none left the result says no_answer.
     answer_threshold: float = 0.35
 

@@ -101,9 +101,13 @@ def decode(data: bytes) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
-    best = from_bytes(data).best()
-    if best is not None:
-        return str(best)
+    matches = list(from_bytes(data))
+    if matches:
+        # Short texts fit many code pages equally well; among those, Windows-1252 is the likeliest for news.
+        best = min(m.chaos for m in matches)
+        near = [m for m in matches if m.chaos <= best + 0.01]
+        chosen = next((m for m in near if m.encoding == "cp1252"), near[0])
+        return str(chosen)
     return data.decode("cp1252", errors="replace")
 
 
@@ -156,10 +160,11 @@ def _parse_html(data: bytes, rel: str) -> Document:
 
     try:
         result = trafilatura.bare_extraction(
-            data, with_metadata=True, include_comments=False, include_tables=False, as_dict=True
+            data, with_metadata=True, include_comments=False, include_tables=False
         )
     except Exception as exc:  # trafilatura raises many kinds on malformed markup
         raise CorpusError(f"cannot parse HTML: {exc}") from exc
+    result = result.as_dict() if result is not None and hasattr(result, "as_dict") else result
     if not result or not (result.get("text") or "").strip():
         raise CorpusError("no article text found in HTML")
     paragraphs = [line.strip() for line in result["text"].split("\n") if line.strip()]

@@ -1,0 +1,42 @@
+# One-command set-up: `make run` serves the sample corpus, `make test` runs the suite.
+# Everything is installed into .venv; torch comes first as the CPU build so nothing pulls CUDA.
+
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+QA      := $(VENV)/bin/qa
+STAMP   := $(VENV)/.installed
+PIP     := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: setup browser run index test stress bench train-reader clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test]'
+	touch $(STAMP)
+
+# Headless Chromium for the browser test, from Debian (needs root, as in CI).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+index: setup
+	$(QA) index
+
+run: index
+	$(QA) serve
+
+test: setup browser
+	$(PY) -m pytest -q
+
+stress: setup
+	$(PY) -m pytest -q -m stress tests --stress
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) index/v* index/CURRENT index/eval

@@ -1,0 +1,118 @@
+"""Extractive answers: traceable offsets, the sample question, no-answer, and `qa eval` metrics."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from qa.evaluate import evaluate, exact_match, f1_score, normalize_answer
+from qa.models import Filters
+from tests.conftest import IBM_QUESTION, ROOT
+
+REASONS = {
+    "lure": "lure away customers",
+    "demand": "analyse larger data sets",
+    "revenue": "revive declining revenue",
+}
+
+
+def test_ibm_question_gives_the_reasons_not_the_headline(sample_pipeline):
+    result = sample_pipeline.ask(IBM_QUESTION)
+    assert not result.no_answer
+    texts = [a.text for a in result.answers]
+    assert REASONS["lure"] in texts[0]
+    found = {k for k, phrase in REASONS.items() if any(phrase in t for t in texts)}
+    assert len(found) >= 2, texts
+    headline = "IBM enters into partnership with China’s Inspur Group Ltd"
+    assert all(headline not in a.text for a in result.answers)
+    assert all(0.0 <= a.score <= 1.0 for a in result.answers)
+    assert [a.score for a in result.answers] == sorted((a.score for a in result.answers), reverse=True)
+
+
+def test_answer_offsets_point_at_the_text(sample_pipeline, sample_index):
+    from qa.index import open_index
+
+    result = sample_pipeline.ask("What chips would Inspur use?")
+    assert result.answers
+    index = open_index(sample_index)
+    for a in result.answers:
+        passage = next(p for p in result.passages if p.id == a.passage_id) if any(
+            p.id == a.passage_id for p in result.passages) else None
+        doc = index.store.document(a.document_id)
+        assert doc["text"][a.document_start : a.document_end] == a.text
+        row = index.store.passages([a.passage_id])[a.passage_id]
+        assert row.text[a.start : a.end] == a.text
+        assert row.text[a.sentence_start : a.sentence_start + len(a.sentence)] == a.sentence
+        assert a.sentence_start <= a.start and a.end <= a.sentence_start + len(a.sentence)
+        if passage is not None:
+            assert passage.text[a.start : a.end] == a.text
+    assert "Power8" in result.answers[0].sentence
+    index.close()
+
+
+def test_unrelated_question_has_no_answer(sample_pipeline):
+    result = sample_pipeline.ask("What is the capital of France?")
+    assert result.no_answer and result.answers == []
+    assert result.passages  # passages are still shown
+
+
+def test_filters_restrict_retrieval(sample_pipeline):
+    assert sample_pipeline.ask(IBM_QUESTION, filters=Filters(document_id="nope")).passages == []
+    assert sample_pipeline.ask(IBM_QUESTION, filters=Filters(date_from="2015-01-01")).passages == []
+    hits = sample_pipeline.ask(IBM_QUESTION, filters=Filters(date_from="2014-08-01", date_to="2014-08-31")).passages
+    assert hits and all(p.date == "2014-08-23" for p in hits)
+
+
+def test_ask_json_is_the_api_object(sample_index):
+    run = subprocess.run(
+        [sys.executable, "-m", "qa.cli", "ask", IBM_QUESTION, "--json", "--top-k", "3",
+         "--corpus", str(sample_index.corpus), "--index", str(sample_index.index)],
+        capture_output=True, text=True, cwd=ROOT, check=True,
+    )
+    obj = json.loads(run.stdout)
+    assert set(obj) >= {"question", "answers", "passages", "no_answer", "took_ms"}
+    assert obj["question"] == IBM_QUESTION and len(obj["passages"]) == 3
+    assert set(obj["answers"][0]) >= {"text", "score", "start", "end", "document_start", "document_end", "sentence",
+                                      "passage_id", "document_id", "title", "date", "url"}
+
+
+@pytest.mark.parametrize(
+    "prediction, gold, em, f1",
+    [
+        ("The Denver Broncos", ["Denver Broncos"], 1.0, 1.0),
+        ("Broncos", ["Denver Broncos", "Broncos!"], 1.0, 1.0),
+        ("Denver", ["Denver Broncos"], 0.0, 2 / 3),
+        ("the Carolina Panthers team", ["Panthers"], 0.0, 0.5),
+        ("", ["x"], 0.0, 0.0),
+    ],
+)
+def test_squad_scoring(prediction, gold, em, f1):
+    assert exact_match(prediction, gold) == em
+    assert f1_score(prediction, gold) == pytest.approx(f1)
+    assert normalize_answer("  The  cat, a hat!") == "cat hat"
+
+
+def test_eval_on_a_fixture_set(tmp_path, config):
+    paragraphs = [
+        {"id": "p-volcano", "title": "Volcano", "context": "Mount Etna erupted on Tuesday, sending ash 5 kilometres into the sky above Sicily."},
+        {"id": "p-chess", "title": "Chess", "context": "The chess championship in Oslo was won by a 19-year-old grandmaster from Chennai."},
+        {"id": "p-bakery", "title": "Bakery", "context": "The oldest bakery in Lyon closed after 140 years because rents tripled."},
+    ]
+    questions = [
+        {"id": "q1", "question": "Which volcano erupted on Tuesday in Sicily?", "answers": [{"text": "Mount Etna", "answer_start": 0}], "context_id": "p-volcano"},
+        {"id": "q2", "question": "Where was the chess championship held?", "answers": [{"text": "Oslo", "answer_start": 32}], "context_id": "p-chess"},
+        # its gold paragraph is not in the set, so it can never be retrieved
+        {"id": "q3", "question": "Why did the oldest bakery in Lyon close?", "answers": [{"text": "rents tripled", "answer_start": 0}], "context_id": "p-missing"},
+    ]
+    pp, qp = tmp_path / "paragraphs.jsonl", tmp_path / "questions.jsonl"
+    pp.write_text("".join(json.dumps(p) + "\n" for p in paragraphs))
+    qp.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    m = evaluate(config, pp, qp, mode="open", show_progress=False)
+    assert m["questions"] == 3
+    assert m["recall@1"] == m["recall@5"] == m["recall@20"] == m["mrr"] == round(2 / 3, 4)
+    assert m["sentence_accuracy"] == 1.0  # one-sentence paragraphs: the right passage gives the right sentence
+    assert 0.0 <= m["em"] <= m["f1"] <= 1.0
+    assert m["latency_ms_p50"] > 0 and m["latency_ms_p95"] >= m["latency_ms_p50"]
+    gold = evaluate(config, pp, qp, mode="gold", limit=2, show_progress=False)
+    assert gold["questions"] == 2 and gold["recall@1"] == 1.0

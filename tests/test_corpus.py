@@ -1,0 +1,73 @@
+"""Reading articles in every supported format, and skipping what cannot be read."""
+
+import json
+
+from qa.corpus import read_corpus, read_file
+from tests.conftest import SAMPLE, write_article
+
+
+def test_sample_article_title_date_and_paragraphs(tmp_path):
+    [doc] = read_file(SAMPLE)
+    assert doc.title == "IBM enters into partnership with China’s Inspur Group Ltd"
+    assert doc.date == "2014-08-23"
+    assert doc.id == "ibm-inspur-partnership.txt"
+    assert doc.text.startswith("International Business Machines Corp")
+    assert "23 Aug 2014" not in doc.text
+
+
+def test_markdown_without_date(tmp_path):
+    p = tmp_path / "note.md"
+    p.write_text("# A heading\n\nFirst paragraph here.\n\nSecond one.\n")
+    [doc] = read_file(p)
+    assert (doc.title, doc.date) == ("A heading", None)
+    assert doc.text == "First paragraph here.\n\nSecond one."
+
+
+def test_html_article_is_extracted_by_trafilatura(tmp_path):
+    body = " ".join(["The council approved the new bridge over the river on Monday after a long debate."] * 3)
+    html = f"""<html><head><title>Bridge approved</title>
+    <meta property="article:published_time" content="2021-05-04"></head>
+    <body><nav>Home | News | Sport</nav><article><h1>Bridge approved</h1><p>{body}</p>
+    <p>Construction will start in June and cost 12 million pounds, officials said.</p></article>
+    <footer>Copyright 2021</footer></body></html>"""
+    (tmp_path / "bridge.html").write_text(html)
+    [doc] = read_file(tmp_path / "bridge.html")
+    assert doc.title == "Bridge approved"
+    assert doc.date == "2021-05-04"
+    assert "12 million pounds" in doc.text
+    assert "Home | News" not in doc.text and "Copyright" not in doc.text
+
+
+def test_json_and_jsonl_records(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"id": "x1", "title": "T", "text": "Body text.", "date": "2020/01/03", "source": "CNN"}))
+    (tmp_path / "b.jsonl").write_text(
+        json.dumps({"text": "One."}) + "\n" + json.dumps({"id": "y2", "text": "Two.", "url": "http://e.com/2"}) + "\n"
+    )
+    report = read_corpus(tmp_path)
+    docs = {d.id: d for d in report.documents}
+    assert set(docs) == {"x1", "b.jsonl#0", "y2"}
+    assert docs["x1"].date == "2020-01-03" and docs["x1"].source == "CNN"
+    assert docs["y2"].url == "http://e.com/2"
+    assert not report.skipped
+
+
+def test_broken_files_are_reported_and_skipped(tmp_path):
+    write_article(tmp_path, "good.txt", "Good article", "A paragraph that is long enough to be a passage.")
+    (tmp_path / "broken.json").write_text('{"text": "unterminated')
+    (tmp_path / "binary.txt").write_bytes(b"\x00\x01\x02\x03" * 100)
+    (tmp_path / "empty.md").write_text("   \n\n")
+    (tmp_path / "notes.pdf").write_bytes(b"%PDF-1.4")  # not an article format: ignored, not an error
+    report = read_corpus(tmp_path)
+    assert [d.id for d in report.documents] == ["good.txt"]
+    reasons = {s.path: s.reason for s in report.skipped}
+    assert set(reasons) == {"broken.json", "binary.txt", "empty.md"}
+    assert "invalid JSON" in reasons["broken.json"]
+    assert "binary" in reasons["binary.txt"]
+
+
+def test_non_utf8_text_is_decoded_not_dropped(tmp_path):
+    text = "Café owners in Zürich said the naïve plan would cost €5 million — too much.\n"
+    (tmp_path / "latin.txt").write_bytes(("Crème brûlée tax\n\n" + text).encode("cp1252"))
+    [doc] = read_corpus(tmp_path).documents
+    assert doc.title == "Crème brûlée tax"
+    assert "Zürich" in doc.text and "€5 million" in doc.text
