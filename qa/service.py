@@ -120,7 +120,7 @@ def create_app(config: Config | None = None, embedder: Embedder | None = None) -
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in errors)
+        message = "; ".join(f"{_where(e['loc']) or 'body'}: {e['msg']}" for e in errors)
         return JSONResponse({"detail": message or "invalid request", "errors": jsonable(errors)}, status_code=422)
 
     @app.exception_handler(NoIndex)
@@ -286,6 +286,11 @@ async def run_sync(fn, *args):
     from starlette.concurrency import run_in_threadpool
 
     return await run_in_threadpool(fn, *args)
+
+
+def _where(loc: tuple) -> str:
+    parts = list(loc[1:]) if loc and loc[0] in ("body", "query", "path", "header") else list(loc)
+    return ".".join(str(p) for p in parts)
 
 
 def jsonable(errors: list[dict]) -> list[dict]:
