@@ -50,6 +50,8 @@ def index(corpus, index_dir, model, rebuild, wait) -> None:
         summary = build_index(cfg, embedder, rebuild=rebuild, wait=wait, show_progress=sys.stderr.isatty())
     except IndexProblem as exc:
         raise click.ClickException(str(exc)) from exc
+    except (OSError, RuntimeError) as exc:  # a full disk, a read-only folder: the build is abandoned whole
+        raise click.ClickException(f"the build failed ({exc}); the previous index is unchanged") from exc
     for s in summary.skipped:
         click.echo(f"skipped {s.path}: {s.reason}", err=True)
     click.echo(summary.line())

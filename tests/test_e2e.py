@@ -1,0 +1,152 @@
+"""End to end: `qa serve` as a real process, driven over real HTTP.
+
+An article with a made-up fact is added through the API, answers a question nothing else can,
+and is gone again once deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from qa.index import build_index
+from tests.conftest import IBM_QUESTION, ROOT, SAMPLE
+
+KEY = "e2e-s3cret"
+STARTUP_SECONDS = 60
+
+ARTICLE = {
+    "title": "Quillmere Hollow swears in a new mayor",
+    "text": (
+        "Quillmere Hollow swore in Odalys Brenneke-Fairweather as its new mayor on Monday, "
+        "after she won the town's election by forty-one votes.\n\n"
+        "Brenneke-Fairweather, a former harbour pilot, promised to reopen the old ferry landing "
+        "and to repaint the lighthouse before the winter storms."
+    ),
+    "source": "Quillmere Gazette",
+}
+QUESTION = "Who is the new mayor of Quillmere Hollow?"
+FACT = "Odalys Brenneke-Fairweather"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(corpus: Path, index: Path, port: int, log: Path, api_key: str | None = KEY) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QA_")}  # flags and this key only
+    if api_key:
+        env["QA_API_KEY"] = api_key
+    cmd = [sys.executable, "-m", "qa.cli", "serve", "--corpus", str(corpus), "--index", str(index),
+           "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_until_healthy(proc: subprocess.Popen, base: str, log: Path, timeout: float = STARTUP_SECONDS) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"`qa serve` exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            r = httpx.get(f"{base}/api/health", timeout=2)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"`qa serve` did not answer /api/health within {timeout:.0f}s:\n{log.read_text(errors='replace')}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def server(config, embedder, tmp_path):
+    """`qa serve` on a free loopback port, over a temp corpus holding the indexed sample article."""
+    shutil.copy(SAMPLE, config.corpus / SAMPLE.name)
+    build_index(config, embedder)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = start_server(config.corpus, config.index, port, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        health = wait_until_healthy(proc, base, log)
+        with httpx.Client(base_url=base, timeout=60) as client:
+            yield client, health, config
+    finally:
+        stop_server(proc)
+
+
+def test_add_ask_delete_over_http(server):
+    client, health, config = server
+    assert health["status"] == "ok" and health["documents"] == 1
+
+    # The sample article answers as usual.
+    r = client.get("/api/ask", params={"q": IBM_QUESTION})
+    assert r.status_code == 200
+    assert "lure away customers" in r.json()["answers"][0]["text"]
+
+    # Writing needs the key.
+    r = client.post("/api/documents", json=ARTICLE)
+    assert r.status_code == 401, r.text
+    assert r.headers.get("www-authenticate") == "Bearer"
+    r = client.post("/api/documents", json=ARTICLE, headers={"Authorization": "Bearer wrong-key"})
+    assert r.status_code == 403, r.text
+
+    # Nothing was added by the refused requests.
+    assert client.get("/api/health").json()["documents"] == 1
+
+    auth = {"Authorization": f"Bearer {KEY}"}
+    r = client.post("/api/documents", json=ARTICLE, headers=auth)
+    assert r.status_code == 201, r.text
+    added = r.json()
+    [doc] = added["documents"]
+    doc_id = doc["id"]
+    assert doc["title"] == ARTICLE["title"]
+    assert client.get("/api/health").json()["documents"] == 2
+    assert (config.corpus / f"{doc_id}.json").exists()  # kept in the corpus, not only in the index
+
+    r = client.get("/api/ask", params={"q": QUESTION})
+    assert r.status_code == 200
+    result = r.json()
+    assert not result["no_answer"], result
+    top = result["answers"][0]
+    assert top["document_id"] == doc_id
+    assert FACT in top["text"], top  # the span itself names her, not only its sentence
+    assert top["text"] in top["sentence"] and top["title"] == ARTICLE["title"]
+    assert result["index_version"] == added["index_version"]
+
+    # Delete needs the key too.
+    assert client.delete(f"/api/documents/{doc_id}").status_code == 401
+    r = client.delete(f"/api/documents/{doc_id}", headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.json()["deleted"] == doc_id
+    assert client.get(f"/api/documents/{doc_id}").status_code == 404
+    assert not (config.corpus / f"{doc_id}.json").exists()
+    assert client.get("/api/health").json()["documents"] == 1
+
+    result = client.get("/api/ask", params={"q": QUESTION}).json()
+    assert all(a["document_id"] != doc_id for a in result["answers"])
+    assert all(p["document_id"] != doc_id for p in result["passages"])
+    assert FACT not in str(result)
+
+    # Deleting it again is a clean 404.
+    assert client.delete(f"/api/documents/{doc_id}", headers=auth).status_code == 404
