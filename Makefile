@@ -32,8 +32,9 @@ run: index
 test: setup browser
 	$(PY) -m pytest -q
 
+# The reliability tests with more trials: 20 killed builds, 5 killed uploads, longer load.
 stress: setup
-	$(PY) -m pytest -q -m stress tests --stress
+	QA_STRESS=1 $(PY) -m pytest -q -s tests/test_reliability.py tests/test_hostile.py
 
 bench: setup
 	$(PY) bench/run.py

@@ -189,11 +189,15 @@ def _parse_json(text: str, rel: str, lines: bool) -> list[Document]:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise CorpusError(f"line {n}: invalid JSON ({exc.msg})") from exc
+                except RecursionError as exc:
+                    raise CorpusError(f"line {n}: JSON nested too deeply") from exc
     else:
         try:
             loaded = json.loads(text)
         except json.JSONDecodeError as exc:
             raise CorpusError(f"invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+        except RecursionError as exc:
+            raise CorpusError("JSON nested too deeply") from exc
         records = loaded if isinstance(loaded, list) else [loaded]
     docs = []
     for n, record in enumerate(records):

@@ -54,6 +54,25 @@ class ArticleIn(BaseModel):
         return value
 
 
+# The add-article endpoint reads its body itself (JSON or a file), so its schema is spelled out here.
+ARTICLE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": ArticleIn.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary",
+                                            "description": "An article file: .txt, .md, .html, .json or .jsonl"}},
+                    "required": ["file"],
+                }
+            },
+        },
+    }
+}
+
+
 class RebuildRequest(BaseModel):
     full: bool = Field(False, description="Start over instead of updating")
 
@@ -200,7 +219,7 @@ def create_app(config: Config | None = None, embedder: Embedder | None = None) -
         return found
 
     @app.post("/api/documents", status_code=201, tags=["documents"], dependencies=[Depends(require_key)],
-              summary="Add or replace an article (JSON, or an uploaded file)")
+              summary="Add or replace an article (JSON, or an uploaded file)", openapi_extra=ARTICLE_BODY)
     async def add_document(request: Request) -> dict:
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
