@@ -126,6 +126,12 @@ def parse_date(value: object) -> str | None:
     return parsed.date().isoformat()
 
 
+def clean_url(value: object) -> str | None:
+    """Only web links: a `javascript:` or `data:` url from an untrusted article must never become a link."""
+    url = str(value).strip() if value else ""
+    return url if re.match(r"https?://[^\s]+$", url, re.IGNORECASE) else None
+
+
 def _normalise_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
@@ -174,7 +180,7 @@ def _parse_html(data: bytes, rel: str) -> Document:
         title=title,
         text="\n\n".join(paragraphs),
         date=parse_date(result.get("date")),
-        url=result.get("url"),
+        url=clean_url(result.get("url")),
         source=result.get("sitename") or result.get("hostname"),
         path=rel,
     )
@@ -219,7 +225,7 @@ def _record_to_document(record: object, rel: str, n: int, single: bool) -> Docum
         title=str(title).strip() if title else doc_id,
         text=_normalise_newlines(body).strip(),
         date=parse_date(record.get("date")),
-        url=str(record["url"]) if record.get("url") else None,
+        url=clean_url(record.get("url")),
         source=str(record["source"]) if record.get("source") else None,
         path=rel,
     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request, UploadFile
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -127,7 +128,13 @@ def create_app(config: Config | None = None, embedder: Embedder | None = None) -
     manager.recover()
     templates = Jinja2Templates(directory=str(config.web / "templates"))
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        embedder.model  # load before answering health checks, so the first question is not slow
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="News QA",
         version=__version__,
         description="Extractive answers from news articles: verbatim spans with offsets, scores and sources.",

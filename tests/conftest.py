@@ -68,56 +68,60 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    """`qa serve` as a real process on a free loopback port."""
+    """`qa serve` as a real process on a free loopback port, configured by flags only; logs to `log`."""
 
-    def __init__(self, cfg: Config, api_key: str | None = None) -> None:
+    def __init__(self, cfg: Config, log: Path, api_key: str | None = None) -> None:
         import os
         import subprocess
         import sys
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "QA_CORPUS": str(cfg.corpus), "QA_INDEX": str(cfg.index)}
+        self.log = log
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QA_")}
         if api_key:
             env["QA_API_KEY"] = api_key
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qa.cli", "serve", "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "qa.cli", "serve", "--corpus", str(cfg.corpus), "--index", str(cfg.index),
+                 "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
 
-    def wait_ready(self, timeout: float = 90) -> "ServeProcess":
+    def wait_ready(self, timeout: float = 90) -> dict:
+        """Waits for /api/health; returns it."""
         import time
 
         import httpx
 
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"qa serve exited: {self.proc.stderr.read().decode()[-2000:]}")
+                pytest.fail(f"`qa serve` exited with {self.proc.returncode}:\n{self.log.read_text(errors='replace')}")
             try:
-                if httpx.get(f"{self.url}/api/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
+                r = httpx.get(f"{self.url}/api/health", timeout=2)
+                if r.status_code == 200:
+                    return r.json()
+            except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        raise TimeoutError("qa serve did not start")
+        pytest.fail(f"`qa serve` did not answer within {timeout:.0f}s:\n{self.log.read_text(errors='replace')}")
 
     def kill(self) -> None:
-        import signal
-
+        """SIGKILL: no clean-up of any kind, as in a crash."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            self.proc.kill()
         self.proc.wait()
 
     def stop(self) -> None:
+        import subprocess
+
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
-            except Exception:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 self.kill()
-        if self.proc.stderr:
-            self.proc.stderr.close()
 
 
 class ThreadServer:
@@ -131,14 +135,16 @@ class ThreadServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
 
     def __enter__(self) -> "ThreadServer":
         import time
 
         self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started and time.time() < deadline:
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail("uvicorn did not start")
             time.sleep(0.05)
         return self
 

@@ -6,19 +6,13 @@ and is gone again once deleted.
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from qa.index import build_index
-from tests.conftest import IBM_QUESTION, ROOT, SAMPLE
+from tests.conftest import IBM_QUESTION, SAMPLE, ServeProcess
 
 KEY = "e2e-s3cret"
 STARTUP_SECONDS = 60
@@ -37,62 +31,18 @@ QUESTION = "Who is the new mayor of Quillmere Hollow?"
 FACT = "Odalys Brenneke-Fairweather"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(corpus: Path, index: Path, port: int, log: Path, api_key: str | None = KEY) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QA_")}  # flags and this key only
-    if api_key:
-        env["QA_API_KEY"] = api_key
-    cmd = [sys.executable, "-m", "qa.cli", "serve", "--corpus", str(corpus), "--index", str(index),
-           "--host", "127.0.0.1", "--port", str(port)]
-    with open(log, "wb") as out:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def wait_until_healthy(proc: subprocess.Popen, base: str, log: Path, timeout: float = STARTUP_SECONDS) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"`qa serve` exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            r = httpx.get(f"{base}/api/health", timeout=2)
-            if r.status_code == 200:
-                return r.json()
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"`qa serve` did not answer /api/health within {timeout:.0f}s:\n{log.read_text(errors='replace')}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 @pytest.fixture
 def server(config, embedder, tmp_path):
     """`qa serve` on a free loopback port, over a temp corpus holding the indexed sample article."""
     shutil.copy(SAMPLE, config.corpus / SAMPLE.name)
     build_index(config, embedder)
-    port = free_port()
-    log = tmp_path / "serve.log"
-    proc = start_server(config.corpus, config.index, port, log)
-    base = f"http://127.0.0.1:{port}"
+    serve = ServeProcess(config, tmp_path / "serve.log", api_key=KEY)
     try:
-        health = wait_until_healthy(proc, base, log)
-        with httpx.Client(base_url=base, timeout=60) as client:
+        health = serve.wait_ready(STARTUP_SECONDS)
+        with httpx.Client(base_url=serve.url, timeout=60) as client:
             yield client, health, config
     finally:
-        stop_server(proc)
+        serve.stop()
 
 
 def test_add_ask_delete_over_http(server):

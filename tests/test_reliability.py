@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -135,7 +134,8 @@ def test_server_killed_during_upload_keeps_article_all_or_nothing(sample_config,
     article = {"id": "ostrava", "title": "Ostrava trams", "text": text}
     trials = 5 if STRESS else 1
     for trial in range(trials):
-        server = ServeProcess(sample_config, api_key=KEY).wait_ready()
+        server = ServeProcess(sample_config, sample_config.index.parent / "serve.log", api_key=KEY)
+        server.wait_ready()
         try:
             def upload() -> None:
                 try:
@@ -150,7 +150,8 @@ def test_server_killed_during_upload_keeps_article_all_or_nothing(sample_config,
             t.join()
         finally:
             server.stop()
-        server = ServeProcess(sample_config, api_key=KEY).wait_ready()  # recovery runs at start-up
+        server = ServeProcess(sample_config, sample_config.index.parent / "serve.log", api_key=KEY)
+        server.wait_ready()  # recovery runs at start-up
         try:
             in_corpus = (sample_config.corpus / "ostrava.json").exists()
             in_index = httpx.get(f"{server.url}/api/documents/ostrava").status_code == 200

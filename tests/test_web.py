@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote_plus
 
 import pytest
 
 from qa.index import build_index
 from qa.service import create_app
-from tests.conftest import IBM_QUESTION, SAMPLE, write_article
+from tests.conftest import IBM_QUESTION, SAMPLE, ThreadServer, write_article
 
 pytestmark = pytest.mark.browser
 
@@ -30,31 +28,10 @@ IMG = '<img src=x onerror="window.__xss=2">'
 REFLECTED = '"><img src=x onerror="window.__xss=3"><script>window.__xss=4</script>'
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serving(app) -> Iterator[str]:
-    """The app on a free loopback port, served by uvicorn in a background thread; yields its base URL."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                pytest.fail("uvicorn did not start")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with ThreadServer(app) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +106,11 @@ def test_page_fits_a_phone(browser, sample_site, tmp_path):
                                   is_mobile=True, has_touch=True)
     try:
         pg = context.new_page()
-        for path in ("/", "/?q=" + IBM_QUESTION.replace(" ", "+"), "/add"):
+        for path in ("/", "/?q=" + quote_plus(IBM_QUESTION), "/add"):
             pg.goto(sample_site + path)
             width = pg.evaluate("document.documentElement.scrollWidth")
             assert width <= 390, f"{path} scrolls sideways on a phone: {width}px wide"
-        pg.goto(sample_site + "/?q=" + IBM_QUESTION.replace(" ", "+"))
+        pg.goto(sample_site + "/?q=" + quote_plus(IBM_QUESTION))
         shot = tmp_path / "ask-phone.png"
         pg.screenshot(path=str(shot), full_page=True)
         print(f"screenshot: {shot}")
@@ -166,7 +143,7 @@ def test_article_and_question_html_is_shown_as_text(page, config, embedder):
             assert payload in answers  # the sentence and the title, as text
             assert payload in passages
         # The question is echoed into the title and the input: try to break out of both.
-        page.goto(base + "/?q=" + REFLECTED.replace("%", "%25").replace("#", "%23").replace("&", "%26"))
+        page.goto(base + "/?q=" + quote_plus(REFLECTED))
         assert page.input_value("#q") == REFLECTED
         assert page.title() == f"{REFLECTED} · News QA"
 
@@ -176,14 +153,13 @@ def test_article_and_question_html_is_shown_as_text(page, config, embedder):
         assert page.problems == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an article's url is put into href unchecked, so javascript: URLs run on click")
 def test_article_url_cannot_run_script(page, config, embedder):
     record = {"id": "zebrafield", "title": "Zebrafield dam opens", "url": "javascript:window.__xss=5",
               "text": "The Zebrafield dam opened on Tuesday after nine years of building."}
     (config.corpus / "zebrafield.json").write_text(json.dumps(record), encoding="utf-8")
     build_index(config, embedder)
     with serving(create_app(config, embedder)) as base:
-        page.goto(base + "/?q=When+did+the+Zebrafield+dam+open%3F")
+        page.goto(base + "/?q=" + quote_plus("When did the Zebrafield dam open?"))
         assert "Zebrafield dam opens" in page.locator(".answers").inner_text()
         links = page.locator(".answer .meta a[href]")
         if links.count():
