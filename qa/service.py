@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -291,6 +291,10 @@ def create_app(config: Config | None = None, embedder: Embedder | None = None) -
         return templates.TemplateResponse(
             request, "index.html", {"q": q, "result": result, "error": error, "examples": examples()}
         )
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> RedirectResponse:
+        return RedirectResponse("/static/favicon.svg", status_code=301)
 
     @app.get("/add", response_class=HTMLResponse, include_in_schema=False)
     def add_page(request: Request) -> HTMLResponse:
