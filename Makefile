@@ -36,8 +36,15 @@ test: setup browser
 stress: setup
 	QA_STRESS=1 $(PY) -m pytest -q -s tests/test_reliability.py tests/test_hostile.py
 
+# Speed and scale figures (printed, and written to bench/results/); txtai is installed as the peer.
 bench: setup
+	$(PIP) -e '.[bench]'
 	$(PY) bench/run.py
+
+# The span reader (qa/span_reader.py): trains the top layers and span head on ../shared/data
+# (fixed seed, held-out articles never seen) and writes qa/reader_weights/. About 20 minutes on 2 cores.
+train-reader: setup
+	$(PY) -m qa.train_reader train
 
 clean:
 	rm -rf $(VENV) index/v* index/CURRENT index/eval

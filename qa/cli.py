@@ -45,7 +45,7 @@ def index(corpus, index_dir, model, rebuild, wait) -> None:
     from qa.index import IndexProblem, build_index
 
     cfg = load_config(corpus, index_dir, model)
-    embedder = Embedder(cfg.model, cfg.batch_size)
+    embedder = Embedder.from_config(cfg)
     try:
         summary = build_index(cfg, embedder, rebuild=rebuild, wait=wait, show_progress=sys.stderr.isatty())
     except IndexProblem as exc:

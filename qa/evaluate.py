@@ -71,8 +71,11 @@ def paragraphs_as_documents(paragraphs: list[dict]) -> list[Document]:
 
 
 def eval_index_dir(config: Config, paragraphs_path: Path) -> Path:
-    """A private index per paragraph file and model, reused across runs (it is only rebuilt when they change)."""
-    digest = hashlib.sha256(paragraphs_path.read_bytes() + config.model.encode()).hexdigest()[:12]
+    """A private index per paragraph file, model and kind of vectors, reused across runs (rebuilt when they change)."""
+    from qa.embedding import vector_backend
+
+    key = config.model.encode() + b"|" + vector_backend(config.backend).encode()
+    digest = hashlib.sha256(paragraphs_path.read_bytes() + key).hexdigest()[:12]
     return config.index / "eval" / f"{paragraphs_path.parent.name}-{digest}"
 
 
@@ -92,7 +95,7 @@ def evaluate(
     if limit:
         questions = questions[:limit]
     cfg = config.replace(index=eval_index_dir(config, paragraphs_path))
-    embedder = Embedder(cfg.model, cfg.batch_size)
+    embedder = Embedder.from_config(cfg)
     build_index(cfg, embedder, upserts=paragraphs_as_documents(paragraphs), deletes=[], wait=600)
     pipeline = Pipeline(cfg, embedder)
     pipeline.ask("warm up")

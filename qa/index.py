@@ -7,6 +7,7 @@ Readers only ever open the version CURRENT names, so a killed build is invisible
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from qa.config import Config
 from qa.corpus import CorpusReport, Skipped, read_corpus
-from qa.embedding import Embedder
+from qa.embedding import Embedder, vector_backend
 from qa.models import Document
 from qa.passages import PassageSplitter
 from qa.store import Store
@@ -35,6 +36,12 @@ MANIFEST = "manifest.json"
 STORE = "store.sqlite"
 PASSAGE_VECTORS = "passages.faiss"
 SENTENCE_VECTORS = "sentences.faiss"
+#: Beside each vector file: vectors added since it was written, and ids removed from it.
+DELTA = ".delta.faiss"
+REMOVED = ".removed.npy"
+#: HNSW graph degree and build-time breadth; with efSearch 256, recall@20 >= 0.99 (bench/run.py).
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
 LOCK = ".lock"
 EMBED_BLOCK = 256
 
@@ -72,11 +79,14 @@ class Manifest:
     passages: int
     sentences: int
     created: str
+    #: `vector_backend()` of the embedder that wrote the vectors ("float" or "int8").
+    vectors: str = "float"
 
     @classmethod
     def read(cls, path: Path) -> "Manifest":
         data = json.loads(path.read_text())
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        fields = cls.__dataclass_fields__
+        return cls(**{k: data[k] for k in fields if k in data or fields[k].default is dataclasses.MISSING})
 
 
 @dataclass
@@ -128,6 +138,9 @@ class IndexVersion:
 
     def __init__(self, path: Path, config: Config) -> None:
         self.path = path
+        # A question is one vector: OpenMP's threads only add a hand-off to each search (about
+        # 20 ms on a busy 2-core machine, against 1 ms alone); concurrency comes from requests.
+        faiss.omp_set_num_threads(1)
         try:
             self.manifest = Manifest.read(path / MANIFEST)
         except FileNotFoundError as exc:
@@ -143,9 +156,14 @@ class IndexVersion:
                 f"the index was built with model {self.manifest.model!r} (dimension {self.manifest.dimension}), "
                 f"but the configured model is {config.model!r}: run `qa index --rebuild`"
             )
+        if self.manifest.vectors != vector_backend(config.backend):
+            raise IndexMismatch(
+                f"the index holds {self.manifest.vectors} vectors, but backend {config.backend!r} makes "
+                f"{vector_backend(config.backend)} ones: run `qa index --rebuild`"
+            )
         try:
-            self.passage_vectors = faiss.read_index(str(path / PASSAGE_VECTORS))
-            self.sentence_vectors = faiss.read_index(str(path / SENTENCE_VECTORS))
+            self.passage_vectors = VectorIndex.load(path / PASSAGE_VECTORS, config)
+            self.sentence_vectors = VectorIndex.load(path / SENTENCE_VECTORS, config)
             self.store = Store(path / STORE, readonly=True)
             counts = self.store.counts()
         except (RuntimeError, sqlite3.DatabaseError) as exc:
@@ -176,8 +194,171 @@ def open_index(config: Config) -> IndexVersion:
 # Building the next version.
 
 
-def _new_vector_index(dimension: int) -> faiss.Index:
+class VectorIndex:
+    """The vectors of one kind in one version: a base index, a delta of later additions, removed ids.
+
+    The base is exact (`IndexIDMap2(IndexFlatIP)`) below `Config.ann_min_vectors` vectors and
+    `IndexIDMap2(IndexHNSWFlat)` from there on (HNSW keeps recall@20 near 1 at any size, where IVF
+    needed most of its lists probed on these embeddings). HNSW cannot remove vectors; it need not,
+    since removed ids are filtered out at search until the next rewrite. A build that changes
+    little hard-links the base from the previous version (its file is never written again, so
+    sharing it is safe) and writes only the small delta and removed list; once they outgrow
+    `Config.vector_delta_fraction` of the base, the base is rewritten. Readers memory-map the base,
+    so opening a version is quick whatever its size. Search and `reconstruct` see the union, and
+    behave like the faiss index the retriever and reader were written for.
+    """
+
+    def __init__(self, base: faiss.Index, delta: faiss.Index, removed: np.ndarray, config: Config, source: Path | None) -> None:
+        self.base, self.delta, self.config, self.source = base, delta, config, source
+        self.removed = np.unique(np.asarray(removed, dtype=np.int64))
+        self.d = base.d
+        self._ids = faiss.vector_to_array(base.id_map) if self.approximate else None
+        self._refresh()
+
+    @classmethod
+    def empty(cls, dimension: int, config: Config) -> "VectorIndex":
+        return cls(_flat(dimension), _flat(dimension), np.zeros(0, np.int64), config, None)
+
+    @classmethod
+    def load(cls, path: Path, config: Config) -> "VectorIndex":
+        base = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        delta_path, removed_path = _beside(path, DELTA), _beside(path, REMOVED)
+        delta = faiss.read_index(str(delta_path)) if delta_path.exists() else _flat(base.d)
+        removed = np.load(removed_path) if removed_path.exists() else np.zeros(0, np.int64)
+        return cls(base, delta, removed, config, path)
+
+    def _refresh(self) -> None:
+        self._delta_ids = set(faiss.vector_to_array(self.delta.id_map).tolist())
+        self._not_removed = None
+        if len(self.removed):
+            self._removed_sel = faiss.IDSelectorBatch(self.removed)
+            self._not_removed = faiss.IDSelectorNot(self._removed_sel)
+        self.ntotal = int(self.base.ntotal - len(self.removed) + self.delta.ntotal)
+
+    @property
+    def approximate(self) -> bool:
+        return isinstance(faiss.downcast_index(self.base.index), faiss.IndexHNSW)
+
+    def search(self, q: np.ndarray, k: int, params: faiss.SearchParameters | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top `k` by inner product over base and delta; `params.sel` filters as in faiss.
+
+        A filtered search scans the HNSW's stored vectors exactly, so it finds the allowed ids
+        however few they are (a graph search would lose them).
+        """
+        wanted = params.sel if params is not None else None
+        sel = self._not_removed
+        if wanted is not None:
+            sel = wanted if sel is None else faiss.IDSelectorAnd(wanted, sel)
+        parts = []
+        if self.base.ntotal:
+            kb = min(k, self.base.ntotal)
+            if self.approximate and wanted is not None:
+                storage = faiss.downcast_index(faiss.downcast_index(self.base.index).storage)
+                translated = faiss.IDSelectorTranslated(self.base.id_map, sel)
+                found_s, found = storage.search(q, kb, params=faiss.SearchParameters(sel=translated))
+                parts.append((found_s, np.where(found >= 0, self._ids[np.maximum(found, 0)], -1)))
+            else:
+                if self.approximate:
+                    bp = faiss.SearchParametersHNSW(efSearch=max(self.config.ann_ef_search, kb))
+                    if sel is not None:
+                        bp.sel = sel
+                else:
+                    bp = faiss.SearchParameters(sel=sel) if sel is not None else None
+                parts.append(self.base.search(q, kb, params=bp))
+        if self.delta.ntotal:
+            dp = faiss.SearchParameters(sel=wanted) if wanted is not None else None
+            parts.append(self.delta.search(q, min(k, self.delta.ntotal), params=dp))
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(q), k), -1, dtype=np.int64)
+        if not parts:
+            return scores, ids
+        all_s = np.hstack([p[0] for p in parts])
+        all_i = np.hstack([p[1] for p in parts])
+        all_s[all_i < 0] = -np.inf
+        top = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
+        n = top.shape[1]
+        scores[:, :n] = np.take_along_axis(all_s, top, 1)
+        ids[:, :n] = np.take_along_axis(all_i, top, 1)
+        return scores, ids
+
+    def reconstruct(self, vector_id: int) -> np.ndarray:
+        return (self.delta if vector_id in self._delta_ids else self.base).reconstruct(int(vector_id))
+
+    def remove_ids(self, ids: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        in_delta = np.fromiter((i in self._delta_ids for i in ids.tolist()), dtype=bool, count=len(ids))
+        if in_delta.any():
+            self.delta.remove_ids(ids[in_delta])
+        self.removed = np.union1d(self.removed, ids[~in_delta])
+        self._refresh()
+
+    def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        self.delta.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
+        self._delta_ids.update(np.asarray(ids).tolist())
+        self.ntotal += len(ids)
+
+    def save(self, path: Path) -> None:
+        """Writes this version's files: links the base and writes the delta, or rewrites the base."""
+        changes = len(self.removed) + self.delta.ntotal
+        if (
+            self.source is not None
+            and changes <= self.config.vector_delta_fraction * self.base.ntotal
+            and self.approximate == _wants_ann(self.ntotal, self.config, self.approximate)
+        ):
+            try:
+                os.link(self.source, path)
+            except OSError:
+                shutil.copy2(self.source, path)
+            faiss.write_index(self.delta, str(_beside(path, DELTA)))
+            with open(_beside(path, REMOVED), "wb") as fh:
+                np.save(fh, self.removed)
+            return
+        faiss.write_index(self._compacted(), str(path))
+
+    def _compacted(self) -> faiss.Index:
+        """One base holding everything, built with all cores (training and assignment are batch work)."""
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        try:
+            return self._compact()
+        finally:
+            faiss.omp_set_num_threads(threads)
+
+    def _compact(self) -> faiss.Index:
+        delta_ids = faiss.vector_to_array(self.delta.id_map)
+        delta_vectors = self.delta.index.reconstruct_n(0, self.delta.ntotal) if self.delta.ntotal else np.zeros((0, self.d), np.float32)
+        ids, vectors = _all_vectors(self.base)
+        if len(self.removed):
+            keep = ~np.isin(ids, self.removed)
+            ids, vectors = ids[keep], vectors[keep]
+        ids, vectors = np.concatenate([ids, delta_ids]), np.vstack([vectors, delta_vectors])
+        if _wants_ann(len(ids), self.config, self.approximate):
+            hnsw = faiss.IndexHNSWFlat(self.d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            base = faiss.IndexIDMap2(hnsw)
+        else:
+            base = _flat(self.d)
+        base.add_with_ids(vectors, ids)
+        return base
+
+
+def _flat(dimension: int) -> faiss.Index:
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+
+
+def _beside(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name.removesuffix(".faiss") + suffix)
+
+
+def _wants_ann(n: int, config: Config, now: bool) -> bool:
+    """From `ann_min_vectors` on; an HNSW stays until the size falls well below it (no flapping)."""
+    return n >= (config.ann_min_vectors // 2 if now else config.ann_min_vectors)
+
+
+def _all_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and vectors of a base (flat or HNSW, both under IndexIDMap2)."""
+    ids = faiss.vector_to_array(index.id_map)
+    return ids, index.index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, index.d), np.float32)
 
 
 def _fsync_tree(path: Path) -> None:
@@ -285,12 +466,12 @@ def _publish(
     try:
         if previous is not None:
             shutil.copy2(previous.path / STORE, work / STORE)
-            passage_vectors = faiss.read_index(str(previous.path / PASSAGE_VECTORS))
-            sentence_vectors = faiss.read_index(str(previous.path / SENTENCE_VECTORS))
+            passage_vectors = VectorIndex.load(previous.path / PASSAGE_VECTORS, config)
+            sentence_vectors = VectorIndex.load(previous.path / SENTENCE_VECTORS, config)
             previous.close()
         else:
-            passage_vectors = _new_vector_index(embedder.dimension)
-            sentence_vectors = _new_vector_index(embedder.dimension)
+            passage_vectors = VectorIndex.empty(embedder.dimension, config)
+            sentence_vectors = VectorIndex.empty(embedder.dimension, config)
         store = Store(work / STORE)
         store.begin()
         splitter = PassageSplitter(
@@ -339,8 +520,8 @@ def _publish(
         store.commit()
         counts = store.counts()
         store.close()
-        faiss.write_index(passage_vectors, str(work / PASSAGE_VECTORS))
-        faiss.write_index(sentence_vectors, str(work / SENTENCE_VECTORS))
+        passage_vectors.save(work / PASSAGE_VECTORS)
+        sentence_vectors.save(work / SENTENCE_VECTORS)
         version = max([previous.version if previous else 0, *_existing_versions(index_dir)]) + 1
         manifest = Manifest(
             FORMAT_VERSION,
@@ -351,6 +532,7 @@ def _publish(
             counts["passages"],
             counts["sentences"],
             datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            vector_backend(embedder.backend),
         )
         (work / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
         _fsync_tree(work)

@@ -20,7 +20,7 @@ from qa.retriever import Retriever
 class Pipeline:
     def __init__(self, config: Config, embedder: Embedder | None = None, reader: Reader | None = None) -> None:
         self.config = config
-        self.embedder = embedder or Embedder(config.model, config.batch_size)
+        self.embedder = embedder or Embedder.from_config(config)
         self.retriever = Retriever(config)
         self.reader = reader or make_reader(config)
         self._index: IndexVersion | None = None

@@ -7,6 +7,7 @@ Any reader implements `Reader.read`, so a trained span reader can replace it.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,7 +29,11 @@ _CAUSE = re.compile(
 _WHY = re.compile(r"\s*(why\b|what (was|is|were|are) the (reason|cause|motive|purpose)s?\b|for what reason)", re.I)
 _MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
 _NUMBER = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|million|billion)\b", re.I)
-_DATE = re.compile(rf"\b(\d{{4}}|{_MONTHS}|\d{{1,2}}(st|nd|rd|th)?)\b", re.I)
+_DAYS = "monday|tuesday|wednesday|thursday|friday|saturday|sunday"
+# A year, a month or a weekday, or a day of the month next to a month: a lone small number is not a date.
+_DATE = re.compile(
+    rf"\b(\d{{4}}s?|{_MONTHS}|{_DAYS}|yesterday|today|\d{{1,2}}(st|nd|rd|th)?\s+({_MONTHS})|({_MONTHS})\s+\d{{1,2}})\b", re.I
+)
 
 
 @dataclass
@@ -71,15 +76,27 @@ class SentenceReader:
         vectors = np.vstack([index.sentence_vectors.reconstruct(int(i)) for i in ids])
         cosines = vectors @ question_vector
         q_stems = {stem(t) for t in query_terms(question)}
+        sentence_words = [
+            {stem(w) for w in re.findall(r"\w+", rows[h.passage_id].text[s.start : s.end])}
+            for h in hits
+            for s in sentences[h.passage_id]
+        ]
+        weights = _local_idf(q_stems, sentence_words)
+        total = sum(weights.values())
+        cfg = self.config
         candidates: list[Candidate] = []
         k = 0
         for h in hits:
             row = rows[h.passage_id]
             for s in sentences[h.passage_id]:
                 text = row.text[s.start : s.end]
-                words = {stem(w) for w in re.findall(r"\w+", text)}
-                overlap = len(q_stems & words) / len(q_stems) if q_stems else 0.0
-                score = 0.55 * float(cosines[k]) + 0.3 * overlap + 0.15 * h.score
+                words = sentence_words[k]
+                overlap = sum(weights[t] for t in q_stems & words) / total if total else 0.0
+                score = (
+                    cfg.reader_weight_cosine * float(cosines[k])
+                    + cfg.reader_weight_overlap * overlap
+                    + cfg.reader_weight_passage * h.score
+                )
                 if why:  # a why-question wants a reason: favour sentences that give one
                     score += 0.15 if _CAUSE.search(text) else -0.1
                 candidates.append(Candidate(row, s.start, s.end, score))
@@ -98,25 +115,34 @@ class SentenceReader:
                 continue  # the same sentence reached through an overlapping window
             seen.add(key)
             s, e = answer_span(question, sentence, q_stems, why)
-            start, end = c.sentence_start + s, c.sentence_start + e
-            answers.append(
-                Answer(
-                    text=row.text[start:end],
-                    score=round(score, 4),
-                    start=start,
-                    end=end,
-                    document_start=row.start + start,
-                    document_end=row.start + end,
-                    sentence=sentence,
-                    sentence_start=c.sentence_start,
-                    passage_id=row.id,
-                    document_id=row.document_id,
-                    title=row.title,
-                    date=row.date,
-                    url=row.url,
-                )
-            )
+            answers.append(make_answer(row, c.sentence_start + s, c.sentence_start + e, c.sentence_start, c.sentence_end, score))
         return answers
+
+
+def make_answer(row: PassageRow, start: int, end: int, sentence_start: int, sentence_end: int, score: float) -> Answer:
+    """The answer object for passage[start:end], inside passage[sentence_start:sentence_end]."""
+    return Answer(
+        text=row.text[start:end],
+        score=round(score, 4),
+        start=start,
+        end=end,
+        document_start=row.start + start,
+        document_end=row.start + end,
+        sentence=row.text[sentence_start:sentence_end],
+        sentence_start=sentence_start,
+        passage_id=row.id,
+        document_id=row.document_id,
+        title=row.title,
+        date=row.date,
+        url=row.url,
+    )
+
+
+def _local_idf(terms: set[str], documents: list[set[str]]) -> dict[str, float]:
+    """IDF of each question word over the sentences being read: a word most of them share (the
+    article's subject) tells them apart less than one only a few have."""
+    n = len(documents)
+    return {t: math.log((n + 1) / (sum(t in d for d in documents) + 0.5)) for t in terms}
 
 
 def _whole_document(index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]) -> tuple[list[Hit], dict[int, PassageRow]]:
@@ -169,12 +195,12 @@ def answer_span(question: str, sentence: str, q_stems: set[str], why: bool) -> t
             score += 2
         elif wants == "date" and _DATE.search(text):
             score += 2
-        elif wants == "name" and any(t[2][:1].isupper() for t in tokens[i : j + 1]):
+        elif wants == "name" and any(t[2][:1].isupper() and not _DATE.fullmatch(t[2]) for t in tokens[i : j + 1]):
             score += 1.5
         if q_positions:
             distance = min(min(abs(p - i), abs(p - j)) for p in q_positions)
-            score -= 0.15 * distance
-        score -= 0.08 * max(0, n - 4)
+            score -= 0.05 * distance
+        score -= 0.08 * max(0, n - 2)  # answers are short: most are one to three words
         if score > best_score:
             best, best_score = (tokens[i][0], tokens[j][1]), score
     if best is None:
@@ -204,4 +230,8 @@ def _trim(text: str, start: int, end: int) -> tuple[int, int]:
 def make_reader(config: Config) -> Reader:
     if config.reader == "sentence":
         return SentenceReader(config)
-    raise ValueError(f"unknown reader {config.reader!r} (available: sentence)")
+    if config.reader == "span":
+        from qa.span_reader import SpanReader  # loads transformers only when asked for
+
+        return SpanReader(config)
+    raise ValueError(f"unknown reader {config.reader!r} (available: sentence, span)")

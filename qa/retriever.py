@@ -1,4 +1,4 @@
-"""Hybrid retrieval: dense passage search, dense best-sentence search and BM25, fused by rank."""
+"""Hybrid retrieval: dense passage search, dense best-sentence search and BM25, fused by score (or rank)."""
 
 from __future__ import annotations
 
@@ -50,22 +50,54 @@ class Retriever:
                 by_sentence[pid] = score
         lexical = index.store.search_bm25(question, n, filters)
 
-        fused: dict[int, Hit] = {}
         rankings = (
             ("dense", dense, cfg.weight_dense),
             ("sentence", list(by_sentence.items()), cfg.weight_sentence),
             ("lexical", lexical, cfg.weight_lexical),
         )
-        best = sum(w for _, _, w in rankings) / (cfg.rrf_k + 1)
-        for name, ranking, weight in rankings:
-            for rank, (pid, score) in enumerate(ranking):
-                hit = fused.setdefault(pid, Hit(pid, 0.0))
-                hit.score += weight / (cfg.rrf_k + rank + 1)
-                setattr(hit, name, score)
-        hits = sorted(fused.values(), key=lambda h: -h.score)[:top_k]
-        for h in hits:
-            h.score = h.score / best if best else 0.0
-        return hits
+        if cfg.fusion == "rrf":
+            return _fuse_ranks(rankings, cfg.rrf_k, top_k)
+        return _fuse_scores(dense, dict(list(by_sentence.items())[:n]), lexical, cfg, top_k)
+
+
+def _fuse_ranks(rankings, rrf_k: float, top_k: int) -> list[Hit]:
+    """Weighted reciprocal rank fusion."""
+    fused: dict[int, Hit] = {}
+    best = sum(w for _, _, w in rankings) / (rrf_k + 1)
+    for name, ranking, weight in rankings:
+        for rank, (pid, score) in enumerate(ranking):
+            hit = fused.setdefault(pid, Hit(pid, 0.0))
+            hit.score += weight / (rrf_k + rank + 1)
+            setattr(hit, name, score)
+    hits = sorted(fused.values(), key=lambda h: -h.score)[:top_k]
+    for h in hits:
+        h.score = h.score / best if best else 0.0
+    return hits
+
+
+def _fuse_scores(
+    dense: list[tuple[int, float]], by_sentence: dict[int, float], lexical: list[tuple[int, float]], cfg: Config, top_k: int
+) -> list[Hit]:
+    """Weighted sum of the raw scores: the two cosines as they are, BM25 divided by the best BM25.
+
+    A passage missing from a list gets that list's lowest score (it ranked below all of it);
+    keeping the scores, not just the ranks, lets a clear winner in one list stand out.
+    """
+    d, s, lx = dict(dense), by_sentence, dict(lexical)
+    d_floor = min(d.values()) if d else 0.0
+    s_floor = min(s.values()) if s else 0.0
+    l_max = max(lx.values()) if lx else 0.0
+    total = cfg.weight_dense + cfg.weight_sentence + cfg.weight_lexical
+    hits = []
+    for pid in {**d, **s, **lx}:
+        lex = lx.get(pid, 0.0) / l_max if l_max > 0 else 0.0
+        score = cfg.weight_dense * d.get(pid, d_floor) + cfg.weight_sentence * s.get(pid, s_floor) + cfg.weight_lexical * lex
+        hits.append(Hit(pid, score, d.get(pid), s.get(pid), lx.get(pid)))
+    hits.sort(key=lambda h: -h.score)
+    hits = hits[:top_k]
+    for h in hits:
+        h.score = max(0.0, min(1.0, h.score / total)) if total else 0.0
+    return hits
 
 
 def _search(index: faiss.Index, q: np.ndarray, n: int, params) -> list[tuple[int, float]]:

@@ -122,7 +122,7 @@ async def _no_receive() -> Message:
 
 def create_app(config: Config | None = None, embedder: Embedder | None = None) -> FastAPI:
     config = config or Config.load()
-    embedder = embedder or Embedder(config.model, config.batch_size)
+    embedder = embedder or Embedder.from_config(config)
     pipeline = Pipeline(config, embedder)
     manager = IndexManager(config, embedder)
     manager.recover()

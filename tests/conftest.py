@@ -19,7 +19,7 @@ IBM_QUESTION = "Why did IBM partner with Inspur?"
 
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
-    e = Embedder(Config().model)
+    e = Embedder.from_config(Config.load())
     e.model  # load once for the whole session
     return e
 

@@ -1,0 +1,323 @@
+"""A trained span reader: start/end logits over the question's best sentences, with a no-answer score.
+
+The model is a transformers question-answering model (`BertForQuestionAnswering` or anything
+`AutoModelForQuestionAnswering` loads). By default it is the bundled all-MiniLM-L6-v2 encoder with
+the top layers and the span head trained by `make train-reader`: only those ship, in
+`qa/reader_weights/` (fp16 safetensors plus `reader.json`), and are put on top of the bundled
+encoder at load time. `Config.reader_model` names another model (hub name or folder) instead.
+
+Reading is one forward pass per question: the sentences of the retrieved passages are ranked by
+their index-time embeddings, the best ones (up to `span_context_tokens` tokens) are grouped back
+into contiguous stretches of their passages, and all stretches go through the model in one batch.
+The no-answer score is SQuAD 2's: the [CLS] start plus end logits. An answer's score is
+sigmoid(span logit - no-answer logit); when the no-answer logit wins, or the score is below
+`answer_threshold`, the span is withheld.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from qa.config import Config
+from qa.embedding import resolve_model
+from qa.index import IndexVersion
+from qa.models import Answer
+from qa.reader import make_answer
+from qa.retriever import Hit
+from qa.store import PassageRow, query_terms
+
+WEIGHTS = Path(__file__).resolve().parent / "reader_weights"
+META_FILE = "reader.json"
+TOP_FILE = "top_layers.safetensors"
+
+_WHY = re.compile(r"\s*(why\b|what (was|is|were|are) the (reason|cause|motive|purpose)s?\b|for what reason)", re.I)
+_torch_lock = threading.Lock()
+
+
+def is_why(question: str) -> bool:
+    return bool(_WHY.match(question))
+
+
+def _stem(word: str) -> str:
+    w = word.lower()
+    return w[:5] if len(w) > 5 else w
+
+
+# --------------------------------------------------------------------------------------- loading
+
+
+def load_qa_model(name_or_path: str | Path | None = None):
+    """(model, tokenizer) in eval mode. None or "" is the shipped reader; a folder with `reader.json`
+    is a trained top on top of its base encoder; anything else goes to AutoModelForQuestionAnswering."""
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = Path(name_or_path) if name_or_path else WEIGHTS
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the base encoder has no span head: that is expected
+    try:
+        if (path / META_FILE).exists():
+            from safetensors.torch import load_file
+            from transformers import BertForQuestionAnswering
+
+            meta = json.loads((path / META_FILE).read_text())
+            base = resolve_model(meta["base_model"])
+            model = BertForQuestionAnswering.from_pretrained(base)
+            top = {k: v.float() for k, v in load_file(str(path / TOP_FILE)).items()}
+            missing = set(top) - set(model.state_dict())
+            if missing:
+                raise ValueError(f"{path / TOP_FILE}: unknown weights {sorted(missing)[:3]}")
+            model.load_state_dict(top, strict=False)
+            tokenizer = AutoTokenizer.from_pretrained(base)
+        else:
+            name = resolve_model(str(name_or_path))
+            model = AutoModelForQuestionAnswering.from_pretrained(name)
+            tokenizer = AutoTokenizer.from_pretrained(name)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.eval()
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------------------- spans
+
+
+@dataclass
+class Span:
+    context: int  # index of the context it came from
+    start: int  # character offsets in that context's text
+    end: int
+    logit: float  # span logit minus the no-answer logit of its window
+
+
+def encode(tokenizer, question: str, contexts: list[str], max_len: int, stride: int, max_question_tokens: int = 64):
+    """Question/context pairs as model input, long contexts split into overlapping windows."""
+    q_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+    if len(q_ids) > max_question_tokens:
+        question = tokenizer.decode(q_ids[:max_question_tokens])
+    return tokenizer(
+        [question] * len(contexts),
+        contexts,
+        truncation="only_second",
+        max_length=max_len,
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding="longest",
+        return_tensors="pt",
+    )
+
+
+def best_spans(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    sequence_ids: list[int | None],
+    offsets: list[tuple[int, int]],
+    max_tokens: int,
+    top_n: int = 20,
+    per_window: int = 2,
+) -> list[tuple[int, int, float]]:
+    """Up to `per_window` non-overlapping (char_start, char_end, span - null) in one window."""
+    ctx = [i for i, s in enumerate(sequence_ids) if s == 1]
+    if not ctx:
+        return []
+    null = float(start_logits[0] + end_logits[0])
+    lo, hi = ctx[0], ctx[-1]
+    s_idx = lo + np.argsort(-start_logits[lo : hi + 1])[:top_n]
+    e_idx = lo + np.argsort(-end_logits[lo : hi + 1])[:top_n]
+    cands = []
+    for s in s_idx:
+        for e in e_idx:
+            if e < s or e - s + 1 > max_tokens:
+                continue
+            cands.append((float(start_logits[s] + end_logits[e]) - null, int(s), int(e)))
+    cands.sort(reverse=True)
+    out: list[tuple[int, int, float]] = []
+    taken: list[tuple[int, int]] = []
+    for logit, s, e in cands:
+        if any(not (e < a or s > b) for a, b in taken):
+            continue
+        taken.append((s, e))
+        out.append((offsets[s][0], offsets[e][1], logit))
+        if len(out) >= per_window:
+            break
+    return out
+
+
+def read_spans(model, tokenizer, question: str, contexts: list[str], max_len: int, stride: int, max_tokens: int, batch: int = 16):
+    """All candidate spans of `contexts`, best first, from one batched forward pass per `batch` windows."""
+    import torch
+
+    if not contexts:
+        return []
+    enc = encode(tokenizer, question, contexts, max_len, stride)
+    mapping = enc.pop("overflow_to_sample_mapping").tolist()
+    offsets = enc.pop("offset_mapping").tolist()
+    inputs = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    starts, ends = [], []
+    with torch.inference_mode():
+        for i in range(0, len(mapping), batch):
+            out = model(**{k: v[i : i + batch] for k, v in inputs.items()})
+            starts.append(out.start_logits.float().numpy())
+            ends.append(out.end_logits.float().numpy())
+    start_logits, end_logits = np.concatenate(starts), np.concatenate(ends)
+    spans: list[Span] = []
+    for w, c in enumerate(mapping):
+        seq_ids = enc.sequence_ids(w)
+        for a, b, logit in best_spans(start_logits[w], end_logits[w], seq_ids, offsets[w], max_tokens):
+            spans.append(Span(c, a, b, logit))
+    spans.sort(key=lambda s: -s.logit)
+    return spans
+
+
+# --------------------------------------------------------------------------------------- reader
+
+
+@dataclass
+class _Context:
+    row: PassageRow
+    start: int  # offsets in the passage text
+    end: int
+    sentences: list[tuple[int, int]]  # the passage's sentence spans
+
+
+class SpanReader:
+    def __init__(self, config: Config, model=None, tokenizer=None) -> None:
+        self.config = config
+        if model is not None:
+            self.__dict__["_loaded"] = (model, tokenizer)
+
+    @cached_property
+    def _loaded(self):
+        return load_qa_model(self.config.reader_model or None)
+
+    @property
+    def model(self):
+        return self._loaded[0]
+
+    @property
+    def tokenizer(self):
+        return self._loaded[1]
+
+    @property
+    def max_len(self) -> int:
+        limit = getattr(self.model.config, "max_position_embeddings", 512)
+        return min(self.config.span_max_len, limit)
+
+    def contexts(self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]) -> list[_Context]:
+        """The best sentences of the retrieved passages, up to the token budget, as contiguous stretches."""
+        hits = [h for h in hits if h.passage_id in rows][: self.config.read_passages]
+        if not hits:
+            return []
+        if is_why(question):  # reasons are spread over an article: consider all of the best one
+            top = hits[0]
+            doc_id = rows[top.passage_id].document_id
+            extra = [pid for pid in index.store.document_passage_ids(doc_id) if pid not in rows]
+            rows = {**rows, **index.store.passages(extra)}
+            hits = hits + [Hit(pid, top.score) for pid in extra]
+        sentences = index.store.sentences([h.passage_id for h in hits])
+        ids = [s.id for h in hits for s in sentences[h.passage_id]]
+        if not ids:
+            return []
+        vectors = np.vstack([index.sentence_vectors.reconstruct(int(i)) for i in ids])
+        cosines = vectors @ question_vector
+        q_stems = {_stem(t) for t in query_terms(question)}
+        texts, cands = [], []  # (score, passage id, sentence index)
+        k = 0
+        for h in hits:
+            row = rows[h.passage_id]
+            for j, s in enumerate(sentences[h.passage_id]):
+                text = row.text[s.start : s.end]
+                words = {_stem(w) for w in re.findall(r"\w+", text)}
+                overlap = len(q_stems & words) / len(q_stems) if q_stems else 0.0
+                cands.append((0.55 * float(cosines[k]) + 0.3 * overlap + 0.15 * h.score, h.passage_id, j))
+                texts.append(text)
+                k += 1
+        lengths = [len(t) for t in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        order = sorted(range(len(cands)), key=lambda i: -cands[i][0])
+        budget = self.config.span_context_tokens
+        chosen: dict[int, set[int]] = {}
+        seen: set[tuple[str, int]] = set()  # the same sentence reached through overlapping windows
+        used = 0
+        for i in order:
+            _, pid, j = cands[i]
+            row, s = rows[pid], sentences[pid][j]
+            key = (row.document_id, row.start + s.start)
+            if key in seen:
+                continue
+            if used and used + lengths[i] > budget:
+                continue
+            seen.add(key)
+            chosen.setdefault(pid, set()).add(j)
+            used += lengths[i]
+            if used >= budget:
+                break
+        out: list[_Context] = []
+        for pid, js in chosen.items():
+            spans = [(s.start, s.end) for s in sentences[pid]]
+            run: list[int] = []
+            for j in sorted(js) + [None]:
+                if run and (j is None or j != run[-1] + 1):
+                    out.append(_Context(rows[pid], spans[run[0]][0], spans[run[-1]][1], spans))
+                    run = []
+                if j is not None:
+                    run.append(j)
+        return out
+
+    def read(
+        self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
+    ) -> list[Answer]:
+        import torch
+
+        contexts = self.contexts(question, question_vector, index, hits, rows)
+        if not contexts:
+            return []
+        texts = [c.row.text[c.start : c.end] for c in contexts]
+        why = is_why(question)
+        max_tokens = self.config.span_max_tokens_why if why else self.config.span_max_tokens
+        with _torch_lock:
+            threads = torch.get_num_threads()
+            if self.config.reader_threads > 0:
+                torch.set_num_threads(self.config.reader_threads)
+            try:
+                spans = read_spans(self.model, self.tokenizer, question, texts, self.max_len, self.config.span_stride, max_tokens)
+            finally:
+                torch.set_num_threads(threads)
+        answers: list[Answer] = []
+        taken: list[tuple[str, int, int]] = []
+        for sp in spans:
+            score = 1.0 / (1.0 + math.exp(-sp.logit))
+            if len(answers) >= self.config.max_answers or sp.logit <= self.config.span_null_margin or score < self.config.answer_threshold:
+                break
+            c = contexts[sp.context]
+            row = c.row
+            start, end = _trim(row.text, c.start + sp.start, c.start + sp.end)
+            if end <= start:
+                continue
+            doc_start, doc_end = row.start + start, row.start + end
+            if any(d == row.document_id and not (doc_end <= a or doc_start >= b) for d, a, b in taken):
+                continue  # the same words through an overlapping window or a second span
+            taken.append((row.document_id, doc_start, doc_end))
+            s_start = max((a for a, _ in c.sentences if a <= start), default=c.start)
+            s_end = min((b for _, b in c.sentences if b >= end), default=c.end)
+            answers.append(make_answer(row, start, end, s_start, s_end, score))
+        return answers
+
+
+def _trim(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and (text[start].isspace() or text[start] in ",;:"):
+        start += 1
+    while end > start and (text[end - 1].isspace() or text[end - 1] in ",;:"):
+        end -= 1
+    return start, end
+
+
+__all__ = ["SpanReader", "load_qa_model", "read_spans", "encode", "best_spans", "WEIGHTS"]

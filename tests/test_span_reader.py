@@ -1,0 +1,94 @@
+"""The span reader: any extractive QA model by name or folder, and the trained one shipped in qa/reader_weights/."""
+
+from __future__ import annotations
+
+import pytest
+
+from qa.config import Config
+from qa.pipeline import Pipeline
+from qa.span_reader import WEIGHTS, SpanReader, best_spans, load_qa_model
+from tests.conftest import IBM_QUESTION
+
+shipped = pytest.mark.skipif(not (WEIGHTS / "reader.json").exists(), reason="no trained reader in qa/reader_weights")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A randomly initialised BertForQuestionAnswering with the bundled tokenizer, saved to a folder."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+
+    from qa.embedding import resolve_model
+
+    folder = tmp_path_factory.mktemp("tiny-qa")
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(Config().model))
+    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512)
+    BertForQuestionAnswering(cfg).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _check_answers(result, index_cfg):
+    from qa.index import open_index
+
+    index = open_index(index_cfg)
+    try:
+        for a in result.answers:
+            row = index.store.passages([a.passage_id])[a.passage_id]
+            doc = index.store.document(a.document_id)
+            assert row.text[a.start : a.end] == a.text and a.text
+            assert doc["text"][a.document_start : a.document_end] == a.text
+            assert row.text[a.sentence_start : a.sentence_start + len(a.sentence)] == a.sentence
+            assert a.sentence_start <= a.start and a.end <= a.sentence_start + len(a.sentence)
+            assert 0.0 <= a.score <= 1.0
+        scores = [a.score for a in result.answers]
+        assert scores == sorted(scores, reverse=True)
+    finally:
+        index.close()
+
+
+def test_best_spans_respects_context_and_length():
+    import numpy as np
+
+    start = np.array([5.0, 0.0, 9.0, 1.0, 0.0])
+    end = np.array([5.0, 0.0, 0.0, 1.0, 8.0])
+    seq = [None, 0, 1, 1, 1]  # [CLS], a question token, three context tokens
+    offsets = [(0, 0), (0, 3), (0, 4), (5, 9), (10, 14)]
+    spans = best_spans(start, end, seq, offsets, max_tokens=3, per_window=1)
+    assert spans[0][:2] == (0, 14) and spans[0][2] == pytest.approx(17.0 - 10.0)
+    assert best_spans(start, end, seq, offsets, max_tokens=2, per_window=1)[0][:2] != (0, 14)
+
+
+def test_any_named_qa_model_reads_through_the_pipeline(tiny_model, sample_index, embedder):
+    cfg = sample_index.replace(reader_model=str(tiny_model), answer_threshold=0.0, span_null_margin=-1e9)
+    reader = SpanReader(cfg)
+    assert type(reader.model).__name__ == "BertForQuestionAnswering"
+    result = Pipeline(cfg, embedder, reader=reader).ask("What chips would Inspur use?")
+    assert result.answers  # random weights, but every span must still be a traceable, verbatim span
+    _check_answers(result, sample_index)
+
+
+def test_config_names_the_reader_model(monkeypatch, tiny_model):
+    monkeypatch.setenv("QA_READER_MODEL", str(tiny_model))
+    assert Config.load().reader_model == str(tiny_model)
+
+
+@shipped
+def test_shipped_weights_are_small_and_load():
+    files = sum(p.stat().st_size for p in WEIGHTS.iterdir())
+    assert files < 16e6
+    model, _ = load_qa_model(None)
+    assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384
+
+
+@shipped
+def test_trained_reader_answers_on_the_sample(sample_index, embedder):
+    pipeline = Pipeline(sample_index, embedder, reader=SpanReader(sample_index))
+    result = pipeline.ask("What chips would Inspur use?")
+    assert result.answers and any("Power8" in a.text for a in result.answers), [a.text for a in result.answers]
+    _check_answers(result, sample_index)
+    why = pipeline.ask(IBM_QUESTION)
+    assert not why.no_answer
+    _check_answers(why, sample_index)
