@@ -50,13 +50,16 @@ def test_queries_never_fail_during_rebuild_uploads_and_deletes(sample_config, em
     cfg = sample_config.replace(api_key=KEY)
     questions = [IBM_QUESTION, "How many red kites were counted in Harlow?", "Who was appointed harbour master of Quillport?"]
     responses: list[tuple[int, int | None, set[str]]] = []
+    latencies: list[float] = []
     stop = threading.Event()
 
     with ThreadServer(create_app(cfg, embedder)) as server:
         def client() -> None:
             with httpx.Client(base_url=server.url, timeout=60) as c:
                 while not stop.is_set():
+                    started = time.perf_counter()
                     r = c.get("/api/ask", params={"q": random.choice(questions)})
+                    latencies.append((time.perf_counter() - started) * 1000)
                     body = r.json() if r.status_code == 200 else {}
                     responses.append((r.status_code, body.get("index_version"),
                                       {p["document_id"] for p in body.get("passages", [])} | {a["document_id"] for a in body.get("answers", [])}))
@@ -88,7 +91,10 @@ def test_queries_never_fail_during_rebuild_uploads_and_deletes(sample_config, em
 
     statuses = [s for s, _, _ in responses]
     assert statuses and set(statuses) == {200}, f"{len(statuses)} requests, failures: {[s for s in statuses if s != 200]}"
-    print(f"\nload during change: {len(responses)} requests, 0 errors")
+    latencies.sort()
+    print(f"\nload during change: {len(responses)} requests, 0 errors, latency p50 "
+          f"{latencies[len(latencies) // 2]:.0f} ms, p95 {latencies[int(len(latencies) * 0.95)]:.0f} ms, "
+          f"max {latencies[-1]:.0f} ms")
     for status, version, docs in responses:
         for doc_id, (born, died) in lifetimes.items():
             if doc_id in docs:  # a response only shows an article from versions that had it
