@@ -28,6 +28,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _BUNDLED_NAMES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
 _ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
+Span = tuple[int, int]
+
 
 def resolve_model(name: str) -> str:
     """The bundled model's folder for its names; any other name or path is passed through."""
@@ -129,6 +131,42 @@ class Embedder:
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
+    def embed_with_spans(self, texts: list[str], spans: list[list[Span]]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Vectors of the texts and of character spans inside them (a passage's sentences), from one
+        run of the model: each span is the mean of its tokens' states, read in the context of the
+        whole text ("late chunking"). Half the work of embedding the sentences on their own."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32), []
+        if self.backend != "torch":
+            return self.model.encode(texts, self.batch_size, spans)
+        states = self.model.encode(texts, batch_size=self.batch_size, output_value="token_embeddings", convert_to_numpy=False)
+        tok = copy.deepcopy(self.tokens)
+        tok.enable_truncation(self.max_seq_length)
+        vectors, span_vectors = [], []
+        for text, text_spans, h in zip(texts, spans, states):
+            h = h.float().numpy()
+            vectors.append(h.mean(0))
+            span_vectors.append(pool_spans(h, tok.encode(text).offsets[: len(h)], text_spans))
+        out = np.vstack(vectors).astype(np.float32)
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out, span_vectors
+
+
+def pool_spans(hidden: np.ndarray, offsets: list[Span], spans: list[Span]) -> np.ndarray:
+    """Unit-length mean of the token states that fall inside each character span.
+
+    A span no token of the (possibly truncated) text covers gets the mean of all the tokens.
+    """
+    starts = np.fromiter((a for a, _ in offsets), dtype=np.int64, count=len(offsets))
+    ends = np.fromiter((b for _, b in offsets), dtype=np.int64, count=len(offsets))
+    real = ends > starts  # special tokens have empty offsets
+    out = np.empty((len(spans), hidden.shape[1]), dtype=np.float32)
+    for k, (a, b) in enumerate(spans):
+        inside = real & (starts < b) & (ends > a)
+        out[k] = hidden[inside].mean(0) if inside.any() else hidden.mean(0)
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
 
 class _OnnxModel:
     """The transformer as an ONNX Runtime session, with the model's own tokenizer and mean pooling.
@@ -161,8 +199,11 @@ class _OnnxModel:
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
-    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int, spans: list[list[Span]] | None = None):
+        """Text vectors; with `spans`, also the vectors of those character spans of each text, pooled
+        from the same token states (one run of the model gives a passage and its sentences)."""
         encodings = self.tokenizer.encode_batch(texts)
+        span_vectors: list[np.ndarray] = [np.empty(0)] * len(texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
@@ -177,11 +218,14 @@ class _OnnxModel:
                 mask[r, :n] = 1
             feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
             hidden = self.session.run(None, {k: feed[k] for k in self.inputs})[0]
+            if spans is not None:
+                for r, i in enumerate(rows):
+                    span_vectors[i] = pool_spans(hidden[r, : int(lengths[i])], encodings[i].offsets, spans[i])
             summed = np.einsum("bsd,bs->bd", hidden, mask.astype(np.float32))
             vectors = summed / np.maximum(mask.sum(1, keepdims=True), 1)
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
             out[rows] = vectors
-        return out
+        return out if spans is None else (out, span_vectors)
 
 
 def exported_model(folder: Path, cache: Path, quantize: bool) -> Path:

@@ -73,8 +73,9 @@ def paragraphs_as_documents(paragraphs: list[dict]) -> list[Document]:
 def eval_index_dir(config: Config, paragraphs_path: Path) -> Path:
     """A private index per paragraph file, model and kind of vectors, reused across runs (rebuilt when they change)."""
     from qa.embedding import vector_backend
+    from qa.index import FORMAT_VERSION
 
-    key = config.model.encode() + b"|" + vector_backend(config.backend).encode()
+    key = f"{config.model}|{vector_backend(config.backend)}|{FORMAT_VERSION}".encode()
     digest = hashlib.sha256(paragraphs_path.read_bytes() + key).hexdigest()[:12]
     return config.index / "eval" / f"{paragraphs_path.parent.name}-{digest}"
 

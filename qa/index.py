@@ -30,7 +30,8 @@ from qa.models import Document
 from qa.passages import PassageSplitter
 from qa.store import Store
 
-FORMAT_VERSION = 1
+#: 2: sentence vectors are pooled from their passage's token states (1: embedded on their own).
+FORMAT_VERSION = 2
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 STORE = "store.sqlite"
@@ -489,32 +490,37 @@ def _publish(
             dropped_s += s
         passage_texts: list[str] = []
         passage_ids: list[int] = []
-        sentence_texts: list[str] = []
-        sentence_ids: list[int] = []
+        sentence_spans: list[list[tuple[int, int]]] = []  # of each passage's sentences, in its embedded text
+        sentence_ids: list[list[int]] = []
         for doc in todo:
             passages = splitter.split(doc)
             pids, sids = store.add_document(doc, passages)
             passage_ids += pids
             passage_texts += [f"{doc.title}\n{p.text}" for p in passages]
-            sentence_ids += sids
-            sentence_texts += [p.text[s.start : s.end] for p in passages for s in p.sentences]
+            shift = len(doc.title) + 1
+            sentence_spans += [[(shift + s.start, shift + s.end) for s in p.sentences] for p in passages]
+            it = iter(sids)
+            sentence_ids += [[next(it) for _ in p.sentences] for p in passages]
         if dropped_p:
             passage_vectors.remove_ids(np.asarray(dropped_p, dtype=np.int64))
         if dropped_s:
             sentence_vectors.remove_ids(np.asarray(dropped_s, dtype=np.int64))
-        total = len(passage_texts) + len(sentence_texts)
+        total = len(passage_texts)
         done = 0
-        bar = tqdm(total=total, desc="embedding", unit="text", disable=not show_progress or total < EMBED_BLOCK)
-        for texts, ids, target in ((passage_texts, passage_ids, passage_vectors), (sentence_texts, sentence_ids, sentence_vectors)):
-            # Longest first in blocks of similar length: padding is what costs on a CPU.
-            order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-            for k in range(0, len(order), EMBED_BLOCK):
-                chunk = order[k : k + EMBED_BLOCK]
-                vectors = embedder.embed([texts[i] for i in chunk])
-                target.add_with_ids(vectors, np.asarray([ids[i] for i in chunk], dtype=np.int64))
-                done += len(chunk)
-                bar.update(len(chunk))
-                report("embedding", done, total)
+        bar = tqdm(total=total, desc="embedding", unit="passage", disable=not show_progress or total < EMBED_BLOCK)
+        # Longest first in blocks of similar length: padding is what costs on a CPU. A passage's
+        # sentences are pooled from the same run of the model (`Embedder.embed_with_spans`).
+        order = sorted(range(total), key=lambda i: -len(passage_texts[i]))
+        for k in range(0, total, EMBED_BLOCK):
+            chunk = order[k : k + EMBED_BLOCK]
+            vectors, per_passage = embedder.embed_with_spans([passage_texts[i] for i in chunk], [sentence_spans[i] for i in chunk])
+            passage_vectors.add_with_ids(vectors, np.asarray([passage_ids[i] for i in chunk], dtype=np.int64))
+            sentence_vectors.add_with_ids(
+                np.vstack(per_passage).astype(np.float32), np.asarray([sid for i in chunk for sid in sentence_ids[i]], dtype=np.int64)
+            )
+            done += len(chunk)
+            bar.update(len(chunk))
+            report("embedding", done, total)
         bar.close()
         report("publishing", 0, 1)
         store.commit()

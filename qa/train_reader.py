@@ -336,9 +336,9 @@ def cmd_train(args) -> None:
     pos = sum(f["start"] > 0 for f in feats)
     print(f"{len(feats)} training windows ({pos} with the answer, {len(feats) - pos} no-answer)", flush=True)
     h_feats = {name: featurize(tokenizer, ex) for name, ex in (("squad", held_squad), ("rtqa", held_rtqa))}
-    cache_lower(model, feats, FROZEN_LAYERS, label="train")
+    cache_lower(model, feats, args.frozen, label="train")
     for name, fs in h_feats.items():
-        cache_lower(model, fs, FROZEN_LAYERS, label=name)
+        cache_lower(model, fs, args.frozen, label=name)
     cached_at = time.time()
     print(f"cached lower layers in {cached_at - started:.0f}s", flush=True)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
@@ -350,10 +350,10 @@ def cmd_train(args) -> None:
         sub = [f for f in feats if f["question"] in keep_ids]
         model.load_state_dict(initial)
         t = time.time()
-        train_top(model, sub, FROZEN_LAYERS, args.epochs, args.lr, args.batch, SEED, label=f"{frac:.2f}")
+        train_top(model, sub, args.frozen, args.epochs, args.lr, args.batch, SEED, label=f"{frac:.2f}")
         point = {"fraction": frac, "questions": len(keep_ids), "windows": len(sub), "train_s": round(time.time() - t),
-                 "squad_gold_paragraph": eval_cached(model, FROZEN_LAYERS, h_feats["squad"], held_squad),
-                 "rtqa_gold_paragraph": eval_cached(model, FROZEN_LAYERS, h_feats["rtqa"], held_rtqa)}
+                 "squad_gold_paragraph": eval_cached(model, args.frozen, h_feats["squad"], held_squad),
+                 "rtqa_gold_paragraph": eval_cached(model, args.frozen, h_feats["rtqa"], held_rtqa)}
         print(json.dumps(point), flush=True)
         curve.append(point)
 
@@ -366,23 +366,23 @@ def cmd_train(args) -> None:
     probe_feats = [{**f, "example": remap[f["example"]]} for f in probe_feats]
 
     def probe() -> dict:
-        return {"squad_gold_paragraph_400": eval_cached(model, FROZEN_LAYERS, probe_feats, probe_ex)}
+        return {"squad_gold_paragraph_400": eval_cached(model, args.frozen, probe_feats, probe_ex)}
 
-    steps_curve = train_top(model, feats, FROZEN_LAYERS, args.epochs, args.lr, args.batch, SEED, label="all", probe=probe)
+    steps_curve = train_top(model, feats, args.frozen, args.epochs, args.lr, args.batch, SEED, label="all", probe=probe)
     final = {"fraction": 1.0, "questions": len(train), "windows": len(feats), "train_s": round(time.time() - t),
-             "squad_gold_paragraph": eval_cached(model, FROZEN_LAYERS, h_feats["squad"], held_squad),
-             "rtqa_gold_paragraph": eval_cached(model, FROZEN_LAYERS, h_feats["rtqa"], held_rtqa)}
+             "squad_gold_paragraph": eval_cached(model, args.frozen, h_feats["squad"], held_squad),
+             "rtqa_gold_paragraph": eval_cached(model, args.frozen, h_feats["rtqa"], held_rtqa)}
     print(json.dumps(final), flush=True)
     curve.append(final)
     meta = {
-        "base_model": DEFAULT_MODEL, "architecture": "BertForQuestionAnswering", "frozen_layers": FROZEN_LAYERS,
+        "base_model": DEFAULT_MODEL, "architecture": "BertForQuestionAnswering", "frozen_layers": args.frozen,
         "max_len": MAX_LEN, "stride": STRIDE, "seed": SEED, "epochs": args.epochs, "lr": args.lr, "batch": args.batch,
         "held_out_titles": list(HELD_OUT_TITLES), "rtqa_held_out": "md5(question id) % 5 == 0",
         "train_questions": len(train), "train_windows": len(feats), "negative_fraction": NEGATIVE_FRACTION,
         "learning_curve": curve, "learning_curve_within_run": steps_curve, "wall_s": round(time.time() - started),
     }
     out = Path(args.out)
-    save_top(model, FROZEN_LAYERS, out, meta)
+    save_top(model, args.frozen, out, meta)
     print(f"saved {out / TOP_FILE} ({(out / TOP_FILE).stat().st_size / 1e6:.1f} MB); wall {time.time() - started:.0f}s", flush=True)
 
 
@@ -466,6 +466,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--lr", type=float, default=2e-4)
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--frozen", type=int, default=FROZEN_LAYERS, help="lower layers kept as they are (outputs cached)")
     t.add_argument("--limit", type=int, default=0, help="train on the first N (shuffled) questions")
     t.add_argument("--held-limit", type=int, default=0, help="measure on N held-out SQuAD questions")
     t.add_argument("--curve", default="", help="also train on these fractions, e.g. 0.25,0.5")

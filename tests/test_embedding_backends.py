@@ -32,6 +32,23 @@ def test_onnx_vectors_match_torch(backend, floor, torch_vectors):
     assert e.max_tokens == 254 and e.count_tokens("Hello world") == 2
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_sentences_are_pooled_from_their_passage(backend, torch_vectors):
+    """One run of the model gives a passage's vector and its sentences' (late chunking)."""
+    e = Embedder.from_config(Config().replace(backend=backend))
+    passage = " ".join(TEXTS[:3])
+    spans, at = [], 0
+    for t in TEXTS[:3]:
+        spans.append((at, at + len(t)))
+        at += len(t) + 1
+    vectors, pooled = e.embed_with_spans([passage, TEXTS[3]], [spans, [(0, 6)]])
+    assert np.allclose(vectors, e.embed([passage, TEXTS[3]]), atol=1e-4)
+    assert pooled[0].shape == (3, e.dimension) and np.allclose(np.linalg.norm(pooled[0], axis=1), 1, atol=1e-4)
+    # each pooled sentence is nearest to the same sentence embedded alone
+    assert ((pooled[0] @ torch_vectors[:3].T).argmax(1) == [0, 1, 2]).all()
+    assert (pooled[1] @ torch_vectors[3]).item() > 0.9  # the whole text: its own vector
+
+
 def test_int8_vectors_are_recorded_and_checked(config, embedder):
     write_article(config.corpus, "a.txt", "Alpha", "The alpha plant produced forty tonnes of steel in March last year.")
     build_index(config, embedder)
