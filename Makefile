@@ -41,8 +41,8 @@ bench: setup
 	$(PIP) -e '.[bench]'
 	$(PY) bench/run.py
 
-# The span reader (qa/span_reader.py): trains the top layers and span head on ../shared/data
-# (fixed seed, held-out articles never seen) and writes qa/reader_weights/. About 20 minutes on 2 cores.
+# The span reader (qa/span_reader.py): trains the top four layers and the span head on ../shared/data
+# (fixed seed, one thread, held-out articles never seen) and writes qa/reader_weights/. About 40 minutes.
 train-reader: setup
 	$(PY) -m qa.train_reader train
 

@@ -93,19 +93,20 @@ def build(corpus: Path, index: Path, backend: str) -> dict:
 # Measures on a built index.
 
 
-def incremental(cfg: Config, embedder, records: list[dict], full_seconds: float, repeats: int = 3) -> dict:
+def incremental(cfg: Config, embedder, records: list[dict], full_seconds: float, repeats: int = 5) -> dict:
     from qa.index import build_index
     from qa.models import Document
 
-    times = []
+    times, sizes = [], []
     for i in range(repeats):
         r = records[i % len(records)]
         doc = Document(id=f"bench-added-{i}", title=r["title"], text=r["text"])
         started = time.perf_counter()
-        build_index(cfg, embedder, upserts=[doc], deletes=[])
+        summary = build_index(cfg, embedder, upserts=[doc], deletes=[])
         times.append(time.perf_counter() - started)
+        sizes.append(summary.embedded)
     median = statistics.median(times)
-    return {"add_one_article_s": [round(t, 3) for t in times], "median_s": round(median, 3),
+    return {"add_one_article_s": [round(t, 3) for t in times], "passages_of_each": sizes, "median_s": round(median, 3),
             "full_build_s": full_seconds, "full_over_incremental": round(full_seconds / median, 1)}
 
 

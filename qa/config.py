@@ -75,9 +75,8 @@ class Config:
     reader_model: str = ""
     #: Tokens of the best sentences the span reader reads per question (one batch).
     span_context_tokens: int = 192
-    #: Longest answer, in tokens; why-questions get clause-length answers.
+    #: Longest answer, in tokens (why-questions are answered with the sentence reader's reason clauses).
     span_max_tokens: int = 24
-    span_max_tokens_why: int = 48
     #: Model input length and window overlap (tokens) for contexts longer than that.
     span_max_len: int = 256
     span_stride: int = 64

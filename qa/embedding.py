@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -175,7 +176,6 @@ class _OnnxModel:
     """
 
     def __init__(self, folder: Path, cache: Path, quantize: bool) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
@@ -188,15 +188,7 @@ class _OnnxModel:
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(self.max_seq_length)
         self.tokenizer.no_padding()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, os.cpu_count() or 1)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle threads sleep instead of spinning: a question's embedding is followed by FAISS and
-        # SQLite work, which spinning threads would starve on a small machine.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        onnx_path = exported_model(folder, cache, quantize)
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(exported_model(folder, cache, quantize))
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def encode(self, texts: list[str], batch_size: int, spans: list[list[Span]] | None = None):
@@ -229,19 +221,29 @@ class _OnnxModel:
 
 
 def exported_model(folder: Path, cache: Path, quantize: bool) -> Path:
-    """The ONNX file for a model folder, exported (and quantised) on first use under `cache`.
+    """The ONNX file for a model folder, exported (and quantised) on first use under `cache`."""
+    return cached_onnx(cache / "onnx" / f"{folder.name}-{files_key(folder)}", quantize, lambda out: _export(folder, out))
 
-    The key covers the model's configuration and weight files, so a changed model is exported anew;
-    a lock and an atomic rename keep concurrent processes from seeing half-written files.
+
+def files_key(*paths: Path) -> str:
+    """A key that changes when any of these files (or the files in these folders) changes."""
+    key = hashlib.sha256()
+    for path in paths:
+        for p in sorted(path.iterdir()) if path.is_dir() else [path]:
+            if p.is_file():
+                st = p.stat()
+                key.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return key.hexdigest()[:16]
+
+
+def cached_onnx(target: Path, quantize: bool, export: Callable[[Path], None]) -> Path:
+    """`target`/model.onnx, made by `export` on first use, and with `quantize` its dynamic int8 twin.
+
+    A lock and atomic renames keep concurrent processes from seeing half-written files, so export
+    happens once per machine (and offline: it only reads local weights).
     """
     from filelock import FileLock
 
-    key = hashlib.sha256()
-    for p in sorted(folder.iterdir()):
-        if p.is_file():
-            st = p.stat()
-            key.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    target = cache / "onnx" / f"{folder.name}-{key.hexdigest()[:16]}"
     fp32, int8 = target / "model.onnx", target / "model-int8.onnx"
     wanted = int8 if quantize else fp32
     if wanted.exists():
@@ -249,7 +251,9 @@ def exported_model(folder: Path, cache: Path, quantize: bool) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target / ".lock")):
         if not fp32.exists():
-            _export(folder, fp32)
+            tmp = fp32.with_suffix(f".tmp{os.getpid()}")
+            export(tmp)
+            os.replace(tmp, fp32)
         if quantize and not int8.exists():
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -257,6 +261,19 @@ def exported_model(folder: Path, cache: Path, quantize: bool) -> Path:
             quantize_dynamic(fp32, tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
             os.replace(tmp, int8)
     return wanted
+
+
+def onnx_session(path: Path):
+    """An ONNX Runtime session on all cores whose idle threads sleep instead of spinning: a
+    question's model run is followed by FAISS and SQLite work, which spinning threads would starve."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _export(folder: Path, out: Path) -> None:
@@ -272,14 +289,18 @@ def _export(folder: Path, out: Path) -> None:
         def forward(self, input_ids, attention_mask, token_type_ids):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
 
-    model = AutoModel.from_pretrained(str(folder)).eval()
+    export_onnx(Transformer(AutoModel.from_pretrained(str(folder)).eval()), out, ["last_hidden_state"])
+
+
+def export_onnx(module, out: Path, outputs: list[str]) -> None:
+    """Traces a BERT-style module (ids, mask, token types in) to ONNX with dynamic batch and length."""
+    import torch
+
     example = tuple(torch.ones(2, 8, dtype=torch.long) for _ in _ONNX_INPUTS)
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    axes = {name: {0: "batch", 1: "tokens"} for name in (*_ONNX_INPUTS, "last_hidden_state")}
+    axes = {name: {0: "batch", 1: "tokens"} for name in (*_ONNX_INPUTS, *outputs)}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on shapes: the axes are declared dynamic
         torch.onnx.export(
-            Transformer(model), example, str(tmp), input_names=list(_ONNX_INPUTS), output_names=["last_hidden_state"],
+            module.eval(), example, str(out), input_names=list(_ONNX_INPUTS), output_names=outputs,
             dynamic_axes=axes, opset_version=17, dynamo=False,
         )
-    os.replace(tmp, out)

@@ -102,10 +102,13 @@ class BuildSummary:
     embedded: int = 0
     seconds: float = 0.0
     version: int | None = None
+    #: Why the previous version could not be extended, when the whole corpus was indexed anew.
+    started_over: str | None = None
 
     def line(self) -> str:
         return (
-            f"indexed: {self.added} added, {self.changed} changed, {self.removed} removed, "
+            (f"built anew: {self.started_over}\n" if self.started_over else "")
+            + f"indexed: {self.added} added, {self.changed} changed, {self.removed} removed, "
             f"{len(self.skipped)} skipped, {self.unchanged} unchanged; {self.documents} documents, "
             f"{self.passages} passages ({self.embedded} embedded) in {self.seconds:.1f}s"
             + (f"; version {self.version}" if self.version else "")
@@ -411,9 +414,16 @@ def build_index(
     lock = build_lock(config, wait)
     try:
         report("reading")
-        previous = None if rebuild else _previous(config)
-        old_hashes = previous.store.document_hashes() if previous else {}
         summary = BuildSummary()
+        previous = None
+        if not rebuild:
+            try:
+                previous = _previous(config)
+            except IndexMismatch as exc:
+                if upserts is not None or deletes is not None:
+                    raise  # the corpus folder is the whole truth: only a full read may start over
+                summary.started_over = str(exc).split(":")[0]
+        old_hashes = previous.store.document_hashes() if previous else {}
         if upserts is None and deletes is None:
             corpus: CorpusReport = read_corpus(config.corpus)
             summary.skipped = corpus.skipped

@@ -50,6 +50,11 @@ class Reader(Protocol):
     ) -> list[Answer]: ...
 
 
+def is_why(question: str) -> bool:
+    """A question that asks for a reason: its answer is a clause, often spread over an article."""
+    return bool(_WHY.match(question))
+
+
 def stem(word: str) -> str:
     """A crude stem, enough to match 'partner' with 'partnership' and 'analyse' with 'analysed'."""
     w = word.lower()
@@ -66,7 +71,7 @@ class SentenceReader:
         hits = [h for h in hits if h.passage_id in rows][: self.config.read_passages]
         if not hits:
             return []
-        why = bool(_WHY.match(question))
+        why = is_why(question)
         if why:  # reasons are spread over an article: read all of the best one
             hits, rows = _whole_document(index, hits, rows)
         sentences = index.store.sentences([h.passage_id for h in hits])

@@ -17,9 +17,11 @@ sigmoid(span logit - no-answer logit); when the no-answer logit wins, or the sco
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,7 +32,7 @@ from qa.config import Config
 from qa.embedding import resolve_model
 from qa.index import IndexVersion
 from qa.models import Answer
-from qa.reader import make_answer
+from qa.reader import SentenceReader, is_why, make_answer, stem
 from qa.retriever import Hit
 from qa.store import PassageRow, query_terms
 
@@ -38,17 +40,8 @@ WEIGHTS = Path(__file__).resolve().parent / "reader_weights"
 META_FILE = "reader.json"
 TOP_FILE = "top_layers.safetensors"
 
-_WHY = re.compile(r"\s*(why\b|what (was|is|were|are) the (reason|cause|motive|purpose)s?\b|for what reason)", re.I)
 _torch_lock = threading.Lock()
-
-
-def is_why(question: str) -> bool:
-    return bool(_WHY.match(question))
-
-
-def _stem(word: str) -> str:
-    w = word.lower()
-    return w[:5] if len(w) > 5 else w
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------- loading
@@ -112,7 +105,7 @@ def encode(tokenizer, question: str, contexts: list[str], max_len: int, stride: 
         return_overflowing_tokens=True,
         return_offsets_mapping=True,
         padding="longest",
-        return_tensors="pt",
+        return_tensors="np",
     )
 
 
@@ -152,22 +145,76 @@ def best_spans(
     return out
 
 
-def read_spans(model, tokenizer, question: str, contexts: list[str], max_len: int, stride: int, max_tokens: int, batch: int = 16):
-    """All candidate spans of `contexts`, best first, from one batched forward pass per `batch` windows."""
+#: Model inputs in, (start logits, end logits) out: the torch model or its ONNX Runtime twin.
+Logits = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
+
+
+class TorchLogits:
+    def __init__(self, model, threads: int) -> None:
+        self.model = model
+        self.threads = threads
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with _torch_lock, torch.inference_mode():
+            threads = torch.get_num_threads()
+            if self.threads > 0:
+                torch.set_num_threads(self.threads)
+            try:
+                out = self.model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+            finally:
+                torch.set_num_threads(threads)
+        return out.start_logits.float().numpy(), out.end_logits.float().numpy()
+
+
+class OnnxLogits:
+    def __init__(self, path: Path) -> None:
+        from qa.embedding import onnx_session
+
+        self.session = onnx_session(path)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        start, end = self.session.run(None, {k: inputs[k] for k in self.inputs})
+        return start, end
+
+
+def onnx_logits(model, sources: list[Path], cache: Path, quantize: bool) -> OnnxLogits:
+    """The QA model exported to ONNX (int8 with `quantize`) once, under `cache`, keyed by its files."""
     import torch
 
+    from qa.embedding import cached_onnx, export_onnx, files_key
+
+    class QA(torch.nn.Module):
+        def __init__(self, model) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out.start_logits, out.end_logits
+
+    target = cache / "onnx" / f"reader-{sources[0].name}-{files_key(*sources)}"
+    path = cached_onnx(target, quantize, lambda out: export_onnx(QA(model), out, ["start_logits", "end_logits"]))
+    return OnnxLogits(path)
+
+
+def read_spans(logits: Logits, tokenizer, question: str, contexts: list[str], max_len: int, stride: int, max_tokens: int, batch: int = 16):
+    """All candidate spans of `contexts`, best first, from one batched model run per `batch` windows."""
     if not contexts:
         return []
     enc = encode(tokenizer, question, contexts, max_len, stride)
     mapping = enc.pop("overflow_to_sample_mapping").tolist()
     offsets = enc.pop("offset_mapping").tolist()
-    inputs = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    inputs = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    if "token_type_ids" not in inputs:
+        inputs["token_type_ids"] = np.zeros_like(inputs["input_ids"])
     starts, ends = [], []
-    with torch.inference_mode():
-        for i in range(0, len(mapping), batch):
-            out = model(**{k: v[i : i + batch] for k, v in inputs.items()})
-            starts.append(out.start_logits.float().numpy())
-            ends.append(out.end_logits.float().numpy())
+    for i in range(0, len(mapping), batch):
+        start, end = logits({k: v[i : i + batch] for k, v in inputs.items()})
+        starts.append(start)
+        ends.append(end)
     start_logits, end_logits = np.concatenate(starts), np.concatenate(ends)
     spans: list[Span] = []
     for w, c in enumerate(mapping):
@@ -192,6 +239,7 @@ class _Context:
 class SpanReader:
     def __init__(self, config: Config, model=None, tokenizer=None) -> None:
         self.config = config
+        self.why_reader = SentenceReader(config)
         if model is not None:
             self.__dict__["_loaded"] = (model, tokenizer)
 
@@ -202,6 +250,26 @@ class SpanReader:
     @property
     def model(self):
         return self._loaded[0]
+
+    @cached_property
+    def logits(self) -> Logits:
+        """ONNX Runtime for the ONNX backends (the shipped reader, or a model in a local folder),
+        else torch; a model the exporter cannot trace also runs on torch."""
+        sources = self._sources()
+        if self.config.backend.startswith("onnx") and sources:
+            try:
+                return onnx_logits(self.model, sources, self.config.cache, quantize=self.config.backend == "onnx-int8")
+            except Exception as exc:  # noqa: BLE001 - any exporter failure: the torch model still reads
+                log.warning("span reader stays on torch: ONNX export failed (%s)", exc)
+        return TorchLogits(self.model, self.config.reader_threads)
+
+    def _sources(self) -> list[Path]:
+        """The local files the model is made of (what the exported ONNX file is keyed on)."""
+        if not self.config.reader_model:
+            meta = json.loads((WEIGHTS / META_FILE).read_text())
+            return [WEIGHTS, Path(resolve_model(meta["base_model"]))]
+        folder = Path(resolve_model(self.config.reader_model))
+        return [folder] if folder.is_dir() else []
 
     @property
     def tokenizer(self):
@@ -217,26 +285,20 @@ class SpanReader:
         hits = [h for h in hits if h.passage_id in rows][: self.config.read_passages]
         if not hits:
             return []
-        if is_why(question):  # reasons are spread over an article: consider all of the best one
-            top = hits[0]
-            doc_id = rows[top.passage_id].document_id
-            extra = [pid for pid in index.store.document_passage_ids(doc_id) if pid not in rows]
-            rows = {**rows, **index.store.passages(extra)}
-            hits = hits + [Hit(pid, top.score) for pid in extra]
         sentences = index.store.sentences([h.passage_id for h in hits])
         ids = [s.id for h in hits for s in sentences[h.passage_id]]
         if not ids:
             return []
         vectors = np.vstack([index.sentence_vectors.reconstruct(int(i)) for i in ids])
         cosines = vectors @ question_vector
-        q_stems = {_stem(t) for t in query_terms(question)}
+        q_stems = {stem(t) for t in query_terms(question)}
         texts, cands = [], []  # (score, passage id, sentence index)
         k = 0
         for h in hits:
             row = rows[h.passage_id]
             for j, s in enumerate(sentences[h.passage_id]):
                 text = row.text[s.start : s.end]
-                words = {_stem(w) for w in re.findall(r"\w+", text)}
+                words = {stem(w) for w in re.findall(r"\w+", text)}
                 overlap = len(q_stems & words) / len(q_stems) if q_stems else 0.0
                 cands.append((0.55 * float(cosines[k]) + 0.3 * overlap + 0.15 * h.score, h.passage_id, j))
                 texts.append(text)
@@ -275,22 +337,15 @@ class SpanReader:
     def read(
         self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
     ) -> list[Answer]:
-        import torch
-
+        if is_why(question):
+            # The span head learnt SQuAD's short answers and marks reasons poorly (held-out open-mode
+            # why F1 0.19, against 0.32 for the sentence reader's reason clauses): those go to the latter.
+            return self.why_reader.read(question, question_vector, index, hits, rows)
         contexts = self.contexts(question, question_vector, index, hits, rows)
         if not contexts:
             return []
         texts = [c.row.text[c.start : c.end] for c in contexts]
-        why = is_why(question)
-        max_tokens = self.config.span_max_tokens_why if why else self.config.span_max_tokens
-        with _torch_lock:
-            threads = torch.get_num_threads()
-            if self.config.reader_threads > 0:
-                torch.set_num_threads(self.config.reader_threads)
-            try:
-                spans = read_spans(self.model, self.tokenizer, question, texts, self.max_len, self.config.span_stride, max_tokens)
-            finally:
-                torch.set_num_threads(threads)
+        spans = read_spans(self.logits, self.tokenizer, question, texts, self.max_len, self.config.span_stride, self.config.span_max_tokens)
         answers: list[Answer] = []
         taken: list[tuple[str, int, int]] = []
         for sp in spans:

@@ -1,6 +1,6 @@
 """`make train-reader`: train the span reader shipped in qa/reader_weights/, and measure it.
 
-    python -m qa.train_reader train [--epochs 2] [--limit N] [--curve 0.25,0.5]
+    python -m qa.train_reader train [--epochs 3] [--frozen 2] [--limit N] [--curve 0.25,0.5]
     python -m qa.train_reader eval --reader span|sentence --mode gold|open --set squad|rtqa [--limit N]
 
 Data (../shared/data, never committed):
@@ -36,7 +36,7 @@ RTQA = "realtimeqa_2020_2021"
 #: SQuAD articles never trained on (1,356 of the 4,557 questions).
 HELD_OUT_TITLES = ("Nikola_Tesla", "Doctor_Who", "Kenya", "Chloroplast")
 SEED = 13
-FROZEN_LAYERS = 4
+FROZEN_LAYERS = 2
 MAX_LEN = 192
 STRIDE = 64
 NEGATIVE_FRACTION = 0.2  # questions also paired with another paragraph of their article
@@ -462,8 +462,8 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("train")
     t.add_argument("--data", default=str(DATA))
     t.add_argument("--out", default=str(WEIGHTS))
-    t.add_argument("--epochs", type=int, default=2)
-    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--lr", type=float, default=1.5e-4)
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--frozen", type=int, default=FROZEN_LAYERS, help="lower layers kept as they are (outputs cached)")

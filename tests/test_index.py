@@ -1,5 +1,6 @@
 """The persistent, incremental, crash-safe index (real model, real FAISS, real SQLite)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -8,7 +9,7 @@ import time
 
 import pytest
 
-from qa.index import IndexBusy, IndexMismatch, build_index, build_lock, current_version, open_index
+from qa.index import IndexBusy, IndexMismatch, build_index, build_lock, current_version, open_index, version_dir
 from tests.conftest import ROOT, write_article
 
 
@@ -81,6 +82,19 @@ def test_model_mismatch_says_to_rebuild(sample_config, embedder):
     other = sample_config.replace(model="some/other-model")
     with pytest.raises(IndexMismatch, match=r"qa index --rebuild"):
         open_index(other)
+
+
+def test_an_index_of_an_older_format_is_built_anew_from_the_corpus(sample_config, embedder):
+    first = build_index(sample_config, embedder)
+    manifest = version_dir(sample_config.index, first.version) / "manifest.json"
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "format_version": data["format_version"] - 1}))
+    with pytest.raises(IndexMismatch):  # the service's one-article path never starts over
+        build_index(sample_config, embedder, upserts=[], deletes=["x"])
+    again = build_index(sample_config, embedder)
+    assert again.started_over and "format" in again.line()
+    assert again.added == first.added and again.version == first.version + 1
+    open_index(sample_config).close()
 
 
 def test_second_builder_is_refused_while_one_runs(sample_config, embedder):

@@ -6,7 +6,7 @@ import pytest
 
 from qa.config import Config
 from qa.pipeline import Pipeline
-from qa.span_reader import WEIGHTS, SpanReader, best_spans, load_qa_model
+from qa.span_reader import WEIGHTS, OnnxLogits, SpanReader, TorchLogits, best_spans, encode, load_qa_model
 from tests.conftest import IBM_QUESTION
 
 shipped = pytest.mark.skipif(not (WEIGHTS / "reader.json").exists(), reason="no trained reader in qa/reader_weights")
@@ -61,13 +61,29 @@ def test_best_spans_respects_context_and_length():
     assert best_spans(start, end, seq, offsets, max_tokens=2, per_window=1)[0][:2] != (0, 14)
 
 
-def test_any_named_qa_model_reads_through_the_pipeline(tiny_model, sample_index, embedder):
-    cfg = sample_index.replace(reader_model=str(tiny_model), answer_threshold=0.0, span_null_margin=-1e9)
+def test_any_named_qa_model_reads_through_the_pipeline(tiny_model, sample_index, embedder, tmp_path):
+    cfg = sample_index.replace(reader_model=str(tiny_model), answer_threshold=0.0, span_null_margin=-1e9, cache=tmp_path)
     reader = SpanReader(cfg)
     assert type(reader.model).__name__ == "BertForQuestionAnswering"
+    assert isinstance(reader.logits, OnnxLogits)  # exported once, under the configured cache
     result = Pipeline(cfg, embedder, reader=reader).ask("What chips would Inspur use?")
     assert result.answers  # random weights, but every span must still be a traceable, verbatim span
     _check_answers(result, sample_index)
+
+
+@pytest.mark.parametrize("backend, tolerance", [("onnx", 1e-3), ("onnx-int8", 0.35)])
+def test_onnx_reader_gives_torch_logits(tiny_model, tmp_path, backend, tolerance):
+    import numpy as np
+
+    cfg = Config().replace(reader_model=str(tiny_model), backend=backend, cache=tmp_path)
+    reader = SpanReader(cfg)
+    enc = encode(reader.tokenizer, "What chips?", ["Inspur would use IBM's Power8 chips.", "A second, longer context here."], 64, 16)
+    inputs = {k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    fast = reader.logits(inputs)
+    slow = TorchLogits(reader.model, 1)(inputs)
+    assert isinstance(reader.logits, OnnxLogits)
+    for a, b in zip(fast, slow):
+        assert a.shape == b.shape and np.abs(a - b).max() <= tolerance
 
 
 def test_config_names_the_reader_model(monkeypatch, tiny_model):
