@@ -62,6 +62,9 @@ class Config:
     weight_dense: float = 1.0
     weight_sentence: float = 1.0
     weight_lexical: float = 0.6
+    #: A question word in more passages than this is "common": BM25 then scores only the passages
+    #: holding a rarer word of the question (0: score every match). Exact below this corpus size.
+    bm25_common_df: int = 10_000
 
     # Reading.
     reader: str = "sentence"

@@ -48,7 +48,7 @@ class Retriever:
             pid = owners.get(sid)
             if pid is not None and pid not in by_sentence:
                 by_sentence[pid] = score
-        lexical = index.store.search_bm25(question, n, filters)
+        lexical = index.store.search_bm25(question, n, filters, cfg.bm25_common_df)
 
         rankings = (
             ("dense", dense, cfg.weight_dense),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,18 +80,46 @@ class SentenceRow:
 
 
 class Store:
+    """One SQLite file. A read-only store gives each thread a connection of its own, so questions
+    answered at once read in parallel (SQLite releases the GIL); a writable one has a single
+    connection, used by one builder."""
+
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
-        uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
-        self.db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA foreign_keys = OFF")
+        self.readonly = readonly
+        self._uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+        self.db = self._connect()
         self.lock = threading.Lock()
+        self._local = threading.local()
+        self._connections = [self.db]
+        self._df: dict[str, int] = {}
         if not readonly:
             self.db.execute("PRAGMA journal_mode = DELETE")
             self.db.executescript(SCHEMA)
 
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self._uri, uri=True, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA foreign_keys = OFF")
+        return db
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        if not self.readonly:
+            with self.lock:
+                yield self.db
+            return
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+            with self.lock:
+                self._connections.append(db)
+        yield db
+
     def close(self) -> None:
-        self.db.close()
+        with self.lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
 
     # Writing (one builder at a time, inside a transaction it controls).
 
@@ -139,16 +169,15 @@ class Store:
     # Reading.
 
     def counts(self) -> dict[str, int]:
-        q = lambda table: self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: E731
-        with self.lock:
-            return {"documents": q("documents"), "passages": q("passages"), "sentences": q("sentences")}
+        with self._reading() as db:
+            return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("documents", "passages", "sentences")}
 
     def passages(self, ids: list[int]) -> dict[int, PassageRow]:
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
-        with self.lock:
-            rows = self.db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 f"""SELECT p.id, p.document_id, p.ordinal, p.start, p.end, p.text, d.title, d.date, d.url, d.source
                 FROM passages p JOIN documents d ON d.id = p.document_id WHERE p.id IN ({marks})""",
                 ids,
@@ -160,8 +189,8 @@ class Store:
         if not passage_ids:
             return out
         marks = ",".join("?" * len(passage_ids))
-        with self.lock:
-            rows = self.db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 f"SELECT id, passage_id, start, end FROM sentences WHERE passage_id IN ({marks}) ORDER BY passage_id, ordinal",
                 passage_ids,
             ).fetchall()
@@ -170,63 +199,92 @@ class Store:
         return out
 
     def document_passage_ids(self, doc_id: str) -> list[int]:
-        with self.lock:
-            return [r[0] for r in self.db.execute("SELECT id FROM passages WHERE document_id = ? ORDER BY ordinal", (doc_id,))]
+        with self._reading() as db:
+            return [r[0] for r in db.execute("SELECT id FROM passages WHERE document_id = ? ORDER BY ordinal", (doc_id,))]
 
     def sentence_passages(self, sentence_ids: list[int]) -> dict[int, int]:
         if not sentence_ids:
             return {}
         marks = ",".join("?" * len(sentence_ids))
-        with self.lock:
-            return dict(self.db.execute(f"SELECT id, passage_id FROM sentences WHERE id IN ({marks})", sentence_ids))
+        with self._reading() as db:
+            return dict(db.execute(f"SELECT id, passage_id FROM sentences WHERE id IN ({marks})", sentence_ids))
 
-    def search_bm25(self, question: str, limit: int, filters: Filters | None = None) -> list[tuple[int, float]]:
-        """(passage id, BM25 score: higher is better) for the question's content words."""
+    def search_bm25(
+        self, question: str, limit: int, filters: Filters | None = None, common_df: int = 0
+    ) -> list[tuple[int, float]]:
+        """(passage id, BM25 score: higher is better) for the question's content words.
+
+        FTS5 computes bm25() for every matching row, and a word found in tens of thousands of
+        passages ("said", "year") makes that the slowest step of a question at scale. So when
+        `common_df` is set and some words are that common, only passages holding one of the
+        rarer words are scored (with all the words, so their scores are exact); a passage with
+        only common words would rank low anyway, as those words carry little IDF.
+        """
         terms = query_terms(question)
         if not terms:
             return []
         match = " OR ".join(f'"{t}"' for t in terms)
+        candidates = None
+        if common_df:
+            df = {t: self.document_frequency(t) for t in terms}
+            rare = [t for t in terms if df[t] <= common_df] or [min(terms, key=df.__getitem__)]
+            if len(rare) < len(terms):
+                candidates = " OR ".join(f'"{t}"' for t in rare)
         where, params = filter_sql(filters)
         sql = (
             "SELECT passages_fts.rowid, -bm25(passages_fts, 0.5, 1.0) AS score FROM passages_fts "
             + ("JOIN passages p ON p.id = passages_fts.rowid JOIN documents d ON d.id = p.document_id " if where else "")
             + "WHERE passages_fts MATCH ? "
+            + ("AND passages_fts.rowid IN (SELECT rowid FROM passages_fts WHERE passages_fts MATCH ?) " if candidates else "")
             + (f"AND {where} " if where else "")
             + "ORDER BY bm25(passages_fts, 0.5, 1.0) LIMIT ?"
         )
-        with self.lock:
-            return [(int(r[0]), float(r[1])) for r in self.db.execute(sql, [match, *params, limit])]
+        args = [match, *([candidates] if candidates else []), *params, limit]
+        with self._reading() as db:
+            return [(int(r[0]), float(r[1])) for r in db.execute(sql, args)]
+
+    def document_frequency(self, term: str) -> int:
+        """Passages holding `term` (after stemming), remembered: a read-only store never changes."""
+        n = self._df.get(term)
+        if n is None:
+            with self._reading() as db:
+                n = db.execute("SELECT count(*) FROM passages_fts WHERE passages_fts MATCH ?", (f'"{term}"',)).fetchone()[0]
+            if self.readonly:
+                if len(self._df) > 100_000:  # questions' words are a bounded vocabulary; this is a backstop
+                    self._df.clear()
+                self._df[term] = n
+        return n
 
     def filtered_passage_ids(self, filters: Filters) -> list[int]:
         where, params = filter_sql(filters)
-        with self.lock:
-            return [r[0] for r in self.db.execute(
+        with self._reading() as db:
+            return [r[0] for r in db.execute(
                 f"SELECT p.id FROM passages p JOIN documents d ON d.id = p.document_id WHERE {where}", params
             )]
 
     def filtered_sentence_ids(self, filters: Filters) -> list[int]:
         where, params = filter_sql(filters)
-        with self.lock:
-            return [r[0] for r in self.db.execute(
+        with self._reading() as db:
+            return [r[0] for r in db.execute(
                 f"""SELECT s.id FROM sentences s JOIN passages p ON p.id = s.passage_id
                 JOIN documents d ON d.id = p.document_id WHERE {where}""",
                 params,
             )]
 
     def document(self, doc_id: str) -> dict | None:
-        with self.lock:
-            row = self.db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT id, title, text, date, url, source, path, hash FROM documents WHERE id = ?", (doc_id,)
             ).fetchone()
             if row is None:
                 return None
-            n = self.db.execute("SELECT count(*) FROM passages WHERE document_id = ?", (doc_id,)).fetchone()[0]
+            n = db.execute("SELECT count(*) FROM passages WHERE document_id = ?", (doc_id,)).fetchone()[0]
         keys = ["id", "title", "text", "date", "url", "source", "path", "hash"]
         return {**dict(zip(keys, row)), "passages": n}
 
     def documents(self, offset: int, limit: int) -> list[dict]:
-        with self.lock:
-            rows = self.db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 """SELECT d.id, d.title, d.date, d.url, d.source, d.path,
                 (SELECT count(*) FROM passages p WHERE p.document_id = d.id)
                 FROM documents d ORDER BY d.id LIMIT ? OFFSET ?""",
@@ -236,8 +294,8 @@ class Store:
         return [dict(zip(keys, r)) for r in rows]
 
     def sample_titles(self, limit: int) -> list[str]:
-        with self.lock:
-            return [r[0] for r in self.db.execute("SELECT title FROM documents ORDER BY id LIMIT ?", (limit,))]
+        with self._reading() as db:
+            return [r[0] for r in db.execute("SELECT title FROM documents ORDER BY id LIMIT ?", (limit,))]
 
 
 def query_terms(question: str) -> list[str]:
