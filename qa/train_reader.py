@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import random
+import re
 import time
 from pathlib import Path
 
@@ -113,6 +114,55 @@ def negatives(examples: list[dict], by_title: dict[str, list[dict]], rng: random
         if others and rng.random() < NEGATIVE_FRACTION:
             p = rng.choice(others)
             out.append({**e, "context": p["context"], "context_id": p["id"], "start": None})
+    return out
+
+
+#: Cloze answers in news sentences, in the order tried: money, shares, counts, years, names.
+_CLOZE = [
+    (re.compile(r"[$£€]\s?\d[\d,.]*\d(?:\s?(?:bn|m|billion|million|trillion)\b)?"), "how much"),
+    (re.compile(r"\b\d[\d,.]*\s?(?:%|per cent)"), "what percentage"),
+    (re.compile(r"\b(?:19|20)\d\d\b"), "what year"),
+    (re.compile(r"\b\d[\d,.]*\b(?= [a-z])"), "how many"),
+    (re.compile(r"(?<=[a-z,] )(?:[A-Z][a-z]+|[A-Z]{2,})(?: (?:of |de |)(?:[A-Z][a-z]+|[A-Z]{2,}))*"), "who or what"),
+]
+
+
+def synthetic_examples(n: int, rng: random.Random, data: Path = DATA) -> list[dict]:
+    """Cloze questions from BBC news: a sentence with an answer (an amount, a share, a year, a count
+    or a name) turned into its question, e.g. "Profits at TimeWarner jumped what percentage to
+    $1.13bn?"; the context is the sentence's paragraph, sometimes with the next one."""
+    import blingfire
+
+    candidates = []
+    for article in read_jsonl(data / "bbc_news" / "articles.jsonl"):
+        paragraphs = [p for p in article["text"].split("\n\n") if p.strip()]
+        for k, para in enumerate(paragraphs[1:], 1):  # the first paragraph often repeats the title
+            candidates.append((article["id"], paragraphs, k))
+    rng.shuffle(candidates)
+    out: list[dict] = []
+    for doc_id, paragraphs, k in candidates:
+        para = paragraphs[k]
+        _, offsets = blingfire.text_to_sentences_and_offsets(para)
+        sentences = [(a, b) for a, b in offsets if 8 <= len(para[a:b].split()) <= 40]
+        if not sentences:
+            continue
+        a, b = rng.choice(sentences)
+        sentence = para[a:b]
+        for pattern, wh in _CLOZE:
+            m = pattern.search(sentence)
+            if m is None:
+                continue
+            question = (sentence[: m.start()] + wh + sentence[m.end() :]).rstrip(" .!") + "?"
+            context = para + ("\n\n" + paragraphs[k + 1] if k + 1 < len(paragraphs) and rng.random() < 0.5 else "")
+            text = m.group(0).strip()
+            out.append({
+                "id": f"synthetic-{doc_id}-{k}", "question": question[0].upper() + question[1:], "context": context,
+                "context_id": f"{doc_id}-{k}", "answers": [text], "start": a + m.start(), "text": text,
+                "title": doc_id, "set": "synthetic",
+            })
+            break
+        if len(out) >= n:
+            break
     return out
 
 
@@ -319,6 +369,10 @@ def cmd_train(args) -> None:
     rng.shuffle(train)
     if args.limit:
         train = train[: args.limit]
+    if args.synthetic:
+        synthetic = synthetic_examples(args.synthetic, random.Random(SEED), Path(args.data))
+        print(f"{len(synthetic)} synthetic cloze questions, e.g. {synthetic[0]['question']!r} -> {synthetic[0]['text']!r}", flush=True)
+        train = train + synthetic
     held_squad = [e for e in held if e["set"] == SQUAD]
     held_rtqa = [e for e in held if e["set"] == RTQA]
     if args.held_limit:
@@ -378,7 +432,7 @@ def cmd_train(args) -> None:
         "base_model": DEFAULT_MODEL, "architecture": "BertForQuestionAnswering", "frozen_layers": args.frozen,
         "max_len": MAX_LEN, "stride": STRIDE, "seed": SEED, "epochs": args.epochs, "lr": args.lr, "batch": args.batch,
         "held_out_titles": list(HELD_OUT_TITLES), "rtqa_held_out": "md5(question id) % 5 == 0",
-        "train_questions": len(train), "train_windows": len(feats), "negative_fraction": NEGATIVE_FRACTION,
+        "train_questions": len(train), "synthetic_questions": args.synthetic, "train_windows": len(feats), "negative_fraction": NEGATIVE_FRACTION,
         "learning_curve": curve, "learning_curve_within_run": steps_curve, "wall_s": round(time.time() - started),
     }
     out = Path(args.out)
@@ -469,6 +523,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--frozen", type=int, default=FROZEN_LAYERS, help="lower layers kept as they are (outputs cached)")
     t.add_argument("--limit", type=int, default=0, help="train on the first N (shuffled) questions")
     t.add_argument("--held-limit", type=int, default=0, help="measure on N held-out SQuAD questions")
+    t.add_argument("--synthetic", type=int, default=0, help="add N cloze questions made from BBC news sentences")
     t.add_argument("--curve", default="", help="also train on these fractions, e.g. 0.25,0.5")
     e = sub.add_parser("eval")
     e.add_argument("--data", default=str(DATA))
