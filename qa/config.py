@@ -68,7 +68,9 @@ class Config:
     bm25_common_df: int = 20_000
 
     # Reading.
-    reader: str = "sentence"
+    #: "span": the trained span reader (qa/reader_weights/), short exact answers, about 48 ms a
+    #: question; "sentence": the best sentence with a heuristic span, about 1 ms (README, Readers).
+    reader: str = "span"
     #: Passages the reader looks at.
     read_passages: int = 8
     max_answers: int = 5

@@ -56,6 +56,8 @@ def load_qa_model(name_or_path: str | Path | None = None):
     path = Path(name_or_path) if name_or_path else WEIGHTS
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the base encoder has no span head: that is expected
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar per load would clutter `qa ask`
     try:
         if (path / META_FILE).exists():
             from safetensors.torch import load_file
@@ -76,6 +78,8 @@ def load_qa_model(name_or_path: str | Path | None = None):
             tokenizer = AutoTokenizer.from_pretrained(name)
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     model.eval()
     return model, tokenizer
 

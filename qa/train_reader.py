@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--frozen", type=int, default=FROZEN_LAYERS, help="lower layers kept as they are (outputs cached)")
     t.add_argument("--limit", type=int, default=0, help="train on the first N (shuffled) questions")
     t.add_argument("--held-limit", type=int, default=0, help="measure on N held-out SQuAD questions")
-    t.add_argument("--synthetic", type=int, default=0, help="add N cloze questions made from BBC news sentences")
+    t.add_argument("--synthetic", type=int, default=1500, help="add N cloze questions made from BBC news sentences")
     t.add_argument("--curve", default="", help="also train on these fractions, e.g. 0.25,0.5")
     e = sub.add_parser("eval")
     e.add_argument("--data", default=str(DATA))
