@@ -42,7 +42,8 @@ bench: setup
 	$(PY) bench/run.py
 
 # The span reader (qa/span_reader.py): trains the top four layers and the span head on ../shared/data
-# (fixed seed, one thread, held-out articles never seen) and writes qa/reader_weights/. About 40 minutes.
+# (fixed seed, one thread, held-out articles never seen) and writes qa/reader_weights/. About an hour
+# (4,115 s measured); `.venv/bin/python -m qa.train_reader train --synthetic 0` takes 38 minutes, F1 0.03 lower.
 train-reader: setup
 	$(PY) -m qa.train_reader train
 
