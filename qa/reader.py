@@ -49,6 +49,9 @@ class Reader(Protocol):
         self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
     ) -> list[Answer]: ...
 
+    def warm(self) -> None:
+        """Loads what the first question would otherwise wait for."""
+
 
 def is_why(question: str) -> bool:
     """A question that asks for a reason: its answer is a clause, often spread over an article."""
@@ -64,6 +67,9 @@ def stem(word: str) -> str:
 class SentenceReader:
     def __init__(self, config: Config) -> None:
         self.config = config
+
+    def warm(self) -> None:
+        pass  # nothing to load
 
     def read(
         self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]

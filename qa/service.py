@@ -131,6 +131,7 @@ def create_app(config: Config | None = None, embedder: Embedder | None = None) -
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         embedder.model  # load before answering health checks, so the first question is not slow
+        await run_sync(pipeline.reader.warm)
         yield
 
     app = FastAPI(

@@ -255,6 +255,9 @@ class SpanReader:
     def model(self):
         return self._loaded[0]
 
+    def warm(self) -> None:
+        self.logits  # the model, and its ONNX export the first time: seconds, not for a question to pay
+
     @cached_property
     def logits(self) -> Logits:
         """ONNX Runtime for the ONNX backends (the shipped reader, or a model in a local folder),
