@@ -40,8 +40,8 @@ class Config:
     ann_min_vectors: int = 50_000
     #: HNSW search breadth: 256 gave recall@20 0.996 (passages) against exact search, 64 only 0.88.
     ann_ef_search: int = 256
-    #: New vectors go to a small delta beside the (hard-linked, unchanged) base until added and
-    #: removed vectors exceed this share of the base; then the base is rewritten.
+    #: New vectors (and BM25 postings) go to a small delta beside the (hard-linked, unchanged)
+    #: base until added and removed passages exceed this share of the base; then it is rewritten.
     vector_delta_fraction: float = 0.1
 
     # Splitting articles into passages.
@@ -62,10 +62,6 @@ class Config:
     weight_dense: float = 1.0
     weight_sentence: float = 1.0
     weight_lexical: float = 0.6
-    #: BM25 leaves out question words found in more passages than this (0: none left out). On
-    #: news_2022 (180,518 passages) 20,000 cut BM25's p50 from 48 to 36 ms; the same share of
-    #: SQuAD's paragraphs (11%) cost recall@5 0.002 there (README, Benchmarks).
-    bm25_common_df: int = 20_000
 
     # Reading.
     #: "span": the trained span reader (qa/reader_weights/), short exact answers, about 48 ms a

@@ -26,17 +26,20 @@ from tqdm import tqdm
 from qa.config import Config
 from qa.corpus import CorpusReport, Skipped, read_corpus
 from qa.embedding import Embedder, vector_backend
+from qa.lexical import LexicalIndex
 from qa.models import Document
 from qa.passages import PassageSplitter
 from qa.store import Store
 
+#: 3: BM25 postings in numpy files (qa/lexical.py) instead of an FTS5 table in the store.
 #: 2: sentence vectors are pooled from their passage's token states (1: embedded on their own).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 STORE = "store.sqlite"
 PASSAGE_VECTORS = "passages.faiss"
 SENTENCE_VECTORS = "sentences.faiss"
+LEXICAL = "lexical"
 #: Beside each vector file: vectors added since it was written, and ids removed from it.
 DELTA = ".delta.faiss"
 REMOVED = ".removed.npy"
@@ -168,14 +171,16 @@ class IndexVersion:
         try:
             self.passage_vectors = VectorIndex.load(path / PASSAGE_VECTORS, config)
             self.sentence_vectors = VectorIndex.load(path / SENTENCE_VECTORS, config)
+            self.lexical = LexicalIndex.load(path / LEXICAL, config.vector_delta_fraction)
             self.store = Store(path / STORE, readonly=True)
             counts = self.store.counts()
-        except (RuntimeError, sqlite3.DatabaseError) as exc:
+        except (RuntimeError, OSError, ValueError, sqlite3.DatabaseError) as exc:
             raise IndexDamaged(f"index version {path.name} is damaged ({exc}): run `qa index --rebuild`") from exc
         if (
             self.passage_vectors.ntotal != self.manifest.passages
             or self.sentence_vectors.ntotal != self.manifest.sentences
             or counts["passages"] != self.manifest.passages
+            or self.lexical.count != self.manifest.passages
             or self.passage_vectors.d != self.manifest.dimension
         ):
             raise IndexDamaged(f"index version {path.name} is inconsistent: run `qa index --rebuild`")
@@ -480,10 +485,12 @@ def _publish(
             # The builder's own copy of the previous version, so its vectors can be changed in
             # place: reading an HNSW base again costs about 0.5 s (its graph is not memory-mapped).
             passage_vectors, sentence_vectors = previous.passage_vectors, previous.sentence_vectors
+            lexical = previous.lexical
             previous.close()
         else:
             passage_vectors = VectorIndex.empty(embedder.dimension, config)
             sentence_vectors = VectorIndex.empty(embedder.dimension, config)
+            lexical = LexicalIndex.empty(config.vector_delta_fraction)
         store = Store(work / STORE)
         store.begin()
         splitter = PassageSplitter(
@@ -501,6 +508,7 @@ def _publish(
             dropped_s += s
         passage_texts: list[str] = []
         passage_ids: list[int] = []
+        lexical_rows: list[tuple[int, str, str]] = []  # (passage id, title, text) for BM25
         sentence_spans: list[list[tuple[int, int]]] = []  # of each passage's sentences, in its embedded text
         sentence_ids: list[list[int]] = []
         for doc in todo:
@@ -508,6 +516,7 @@ def _publish(
             pids, sids = store.add_document(doc, passages)
             passage_ids += pids
             passage_texts += [f"{doc.title}\n{p.text}" for p in passages]
+            lexical_rows += [(pid, doc.title, p.text) for pid, p in zip(pids, passages)]
             shift = len(doc.title) + 1
             sentence_spans += [[(shift + s.start, shift + s.end) for s in p.sentences] for p in passages]
             it = iter(sids)
@@ -516,6 +525,9 @@ def _publish(
             passage_vectors.remove_ids(np.asarray(dropped_p, dtype=np.int64))
         if dropped_s:
             sentence_vectors.remove_ids(np.asarray(dropped_s, dtype=np.int64))
+        if dropped_p:
+            lexical.remove_ids(dropped_p)
+        lexical.add(lexical_rows)
         total = len(passage_texts)
         done = 0
         bar = tqdm(total=total, desc="embedding", unit="passage", disable=not show_progress or total < EMBED_BLOCK)
@@ -539,6 +551,7 @@ def _publish(
         store.close()
         passage_vectors.save(work / PASSAGE_VECTORS)
         sentence_vectors.save(work / SENTENCE_VECTORS)
+        lexical.save(work / LEXICAL)
         version = max([previous.version if previous else 0, *_existing_versions(index_dir)]) + 1
         manifest = Manifest(
             FORMAT_VERSION,

@@ -18,7 +18,8 @@ from qa.config import Config
 from qa.index import IndexVersion
 from qa.models import Answer
 from qa.retriever import Hit
-from qa.store import STOP_WORDS, PassageRow, query_terms
+from qa.lexical import STOP_WORDS, query_terms
+from qa.store import PassageRow
 
 _WORD = re.compile(r"[\w'’%$£€.-]*\w|[\w$£€]")
 _CAUSE = re.compile(

@@ -31,12 +31,13 @@ class Retriever:
         cfg = self.config
         n = max(cfg.candidates, top_k)
         q = question_vector.reshape(1, -1)
-        passage_params = sentence_params = None
+        passage_params = sentence_params = allowed = None
         if filters is not None and not filters.empty():
             allowed_p = index.store.filtered_passage_ids(filters)
             if not allowed_p:
                 return []
-            passage_params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed_p, dtype=np.int64)))
+            allowed = np.asarray(allowed_p, dtype=np.int64)
+            passage_params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
             allowed_s = index.store.filtered_sentence_ids(filters)
             sentence_params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed_s, dtype=np.int64)))
 
@@ -48,7 +49,7 @@ class Retriever:
             pid = owners.get(sid)
             if pid is not None and pid not in by_sentence:
                 by_sentence[pid] = score
-        lexical = index.store.search_bm25(question, n, filters, cfg.bm25_common_df)
+        lexical = index.lexical.search(question, n, allowed)
 
         rankings = (
             ("dense", dense, cfg.weight_dense),

@@ -34,7 +34,8 @@ from qa.index import IndexVersion
 from qa.models import Answer
 from qa.reader import SentenceReader, is_why, make_answer, stem
 from qa.retriever import Hit
-from qa.store import PassageRow, query_terms
+from qa.lexical import query_terms
+from qa.store import PassageRow
 
 WEIGHTS = Path(__file__).resolve().parent / "reader_weights"
 META_FILE = "reader.json"

@@ -1,8 +1,7 @@
-"""The SQLite store of one index version: documents, passages, sentences and an FTS5 table for BM25."""
+"""The SQLite store of one index version: documents, passages and sentences (BM25 is qa/lexical.py)."""
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -40,22 +39,7 @@ CREATE TABLE IF NOT EXISTS sentences (
     end INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sentences_passage ON sentences(passage_id);
-CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5(
-    title, text, tokenize = 'porter unicode61 remove_diacritics 2'
-);
 """
-
-# Words that carry no evidence for BM25; questions are full of them.
-STOP_WORDS = frozenset(
-    """a about above after again against all am an and any are as at be because been before being below
-    between both but by can could did do does doing down during each few for from further had has have
-    having he her here hers herself him himself his how i if in into is it its itself just me more most
-    my myself no nor not now of off on once only or other our ours ourselves out over own same she should
-    so some such than that the their theirs them themselves then there these they this those through to
-    too under until up very was we were what when where which while who whom why will with would you your
-    yours yourself yourselves s t also did does many much name named called""".split()
-)
-
 
 @dataclass
 class PassageRow:
@@ -92,7 +76,6 @@ class Store:
         self.lock = threading.Lock()
         self._local = threading.local()
         self._connections = [self.db]
-        self._df: dict[str, int] = {}
         if not readonly:
             self.db.execute("PRAGMA journal_mode = DELETE")
             self.db.executescript(SCHEMA)
@@ -138,7 +121,6 @@ class Store:
         sids: list[int] = []
         for pid in pids:
             sids.extend(r[0] for r in self.db.execute("SELECT id FROM sentences WHERE passage_id = ?", (pid,)))
-        self.db.executemany("DELETE FROM passages_fts WHERE rowid = ?", [(p,) for p in pids])
         self.db.execute("DELETE FROM sentences WHERE passage_id IN (SELECT id FROM passages WHERE document_id = ?)", (doc_id,))
         self.db.execute("DELETE FROM passages WHERE document_id = ?", (doc_id,))
         self.db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
@@ -158,7 +140,6 @@ class Store:
             )
             pid = int(cur.lastrowid)
             pids.append(pid)
-            self.db.execute("INSERT INTO passages_fts (rowid, title, text) VALUES (?,?,?)", (pid, doc.title, p.text))
             for k, s in enumerate(p.sentences):
                 cur = self.db.execute(
                     "INSERT INTO sentences (passage_id, ordinal, start, end) VALUES (?,?,?,?)", (pid, k, s.start, s.end)
@@ -209,47 +190,6 @@ class Store:
         with self._reading() as db:
             return dict(db.execute(f"SELECT id, passage_id FROM sentences WHERE id IN ({marks})", sentence_ids))
 
-    def search_bm25(
-        self, question: str, limit: int, filters: Filters | None = None, common_df: int = 0
-    ) -> list[tuple[int, float]]:
-        """(passage id, BM25 score: higher is better) for the question's content words.
-
-        FTS5 computes bm25() for every matching row, so a word found in tens of thousands of
-        passages ("said", "year", "new") made BM25 the slowest step of a question at scale (48 ms
-        of 56 at p50 on 180,000 passages). With `common_df` set, words in more passages than that
-        are left out of the query, as stop words are: their IDF is low, and the dense rankings
-        carry the rest. A question of only common words keeps its rarest one.
-        """
-        terms = query_terms(question)
-        if common_df and terms:
-            df = {t: self.document_frequency(t) for t in terms}
-            terms = [t for t in terms if df[t] <= common_df] or [min(terms, key=df.__getitem__)]
-        if not terms:
-            return []
-        match = " OR ".join(f'"{t}"' for t in terms)
-        where, params = filter_sql(filters)
-        sql = (
-            "SELECT passages_fts.rowid, -bm25(passages_fts, 0.5, 1.0) AS score FROM passages_fts "
-            + ("JOIN passages p ON p.id = passages_fts.rowid JOIN documents d ON d.id = p.document_id " if where else "")
-            + "WHERE passages_fts MATCH ? "
-            + (f"AND {where} " if where else "")
-            + "ORDER BY bm25(passages_fts, 0.5, 1.0) LIMIT ?"
-        )
-        with self._reading() as db:
-            return [(int(r[0]), float(r[1])) for r in db.execute(sql, [match, *params, limit])]
-
-    def document_frequency(self, term: str) -> int:
-        """Passages holding `term` (after stemming), remembered: a read-only store never changes."""
-        n = self._df.get(term)
-        if n is None:
-            with self._reading() as db:
-                n = db.execute("SELECT count(*) FROM passages_fts WHERE passages_fts MATCH ?", (f'"{term}"',)).fetchone()[0]
-            if self.readonly:
-                if len(self._df) > 100_000:  # questions' words are a bounded vocabulary; this is a backstop
-                    self._df.clear()
-                self._df[term] = n
-        return n
-
     def filtered_passage_ids(self, filters: Filters) -> list[int]:
         where, params = filter_sql(filters)
         with self._reading() as db:
@@ -291,15 +231,6 @@ class Store:
     def sample_titles(self, limit: int) -> list[str]:
         with self._reading() as db:
             return [r[0] for r in db.execute("SELECT title FROM documents ORDER BY id LIMIT ?", (limit,))]
-
-
-def query_terms(question: str) -> list[str]:
-    words = re.findall(r"\w+", question.lower())
-    seen: dict[str, None] = {}
-    for w in words:
-        if w not in STOP_WORDS and (len(w) > 1 or w.isdigit()):
-            seen.setdefault(w, None)
-    return list(seen)
 
 
 def filter_sql(filters: Filters | None) -> tuple[str, list]:
