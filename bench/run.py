@@ -282,7 +282,7 @@ def txtai_peer(cfg: Config, embedder, qs: list[str], our_build: dict, limit: int
     return {"passages": len(texts), "txtai_index_s": round(peer["build_s"], 1), "txtai_passages_per_s": round(txtai_rate, 1),
             "txtai_peak_rss_mb": peer["peak_rss_mb"], "txtai_search_ms": pct(peer["search_ms"]), "our_dense_search_ms": pct(ours),
             "our_passages_searched": our_build["passages"],
-            "note": "our build also makes sentence vectors (pooled from the passage run), HNSW, SQLite and FTS5; txtai embeds passages only",
+            "note": "our build also makes sentence vectors (pooled from the passage run), HNSW, SQLite and BM25 postings; txtai embeds passages only",
             "ratio_query_p50_txtai_over_ours": round(pct(peer["search_ms"])["p50"] / pct(ours)["p50"], 2),
             "ratio_indexing_passages_per_s_ours_over_txtai": round(our_rate / txtai_rate, 2)}
 

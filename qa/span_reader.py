@@ -96,8 +96,24 @@ class Span:
     logit: float  # span logit minus the no-answer logit of its window
 
 
+#: transformers' fast tokenizer sets padding and truncation on the shared Rust tokenizer at each
+#: call, so two threads at once can run with each other's settings (an unpadded batch, a
+#: truncation error). Tokenizing is about a millisecond of a question: one at a time.
+_TOKENIZING = threading.Lock()
+
+
+def token_lengths(tokenizer, texts: list[str]) -> list[int]:
+    with _TOKENIZING:
+        return [len(t) for t in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
 def encode(tokenizer, question: str, contexts: list[str], max_len: int, stride: int, max_question_tokens: int = 64):
     """Question/context pairs as model input, long contexts split into overlapping windows."""
+    with _TOKENIZING:
+        return _encode(tokenizer, question, contexts, max_len, stride, max_question_tokens)
+
+
+def _encode(tokenizer, question: str, contexts: list[str], max_len: int, stride: int, max_question_tokens: int):
     q_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
     if len(q_ids) > max_question_tokens:
         question = tokenizer.decode(q_ids[:max_question_tokens])
@@ -311,7 +327,7 @@ class SpanReader:
                 cands.append((0.55 * float(cosines[k]) + 0.3 * overlap + 0.15 * h.score, h.passage_id, j))
                 texts.append(text)
                 k += 1
-        lengths = [len(t) for t in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        lengths = token_lengths(self.tokenizer, texts)
         order = sorted(range(len(cands)), key=lambda i: -cands[i][0])
         budget = self.config.span_context_tokens
         chosen: dict[int, set[int]] = {}

@@ -108,3 +108,25 @@ def test_trained_reader_answers_on_the_sample(sample_index, embedder):
     why = pipeline.ask(IBM_QUESTION)
     assert not why.no_answer
     _check_answers(why, sample_index)
+
+
+def test_threads_tokenize_at_once_without_mixing_settings():
+    """transformers' fast tokenizer sets padding and truncation on the shared Rust tokenizer at
+    each call; under load, a question's batch came back unpadded (a 500 in the HTTP benchmark)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qa.span_reader import token_lengths
+
+    _, tokenizer = load_qa_model(None)
+    contexts = ["Short context.", "A much longer context about IBM, Inspur and the Power8 chips " * 12]
+    expected = encode(tokenizer, IBM_QUESTION, contexts, 96, 32)["input_ids"].shape
+    lengths = token_lengths(tokenizer, contexts)
+
+    def work(k: int):
+        if k % 2:
+            return encode(tokenizer, IBM_QUESTION, contexts, 96, 32)["input_ids"].shape
+        return token_lengths(tokenizer, contexts)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(800)))
+    assert all(r == (expected if k % 2 else lengths) for k, r in enumerate(results))
