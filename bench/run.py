@@ -97,17 +97,23 @@ def incremental(cfg: Config, embedder, records: list[dict], full_seconds: float,
     from qa.index import build_index
     from qa.models import Document
 
-    times, sizes = [], []
+    times, sizes, added = [], [], []
+    stamp = time.strftime("%Y%m%d%H%M%S")  # new ids each run: an id already indexed is not embedded again
     for i in range(repeats):
         r = records[i % len(records)]
-        doc = Document(id=f"bench-added-{i}", title=r["title"], text=r["text"])
+        doc = Document(id=f"bench-added-{stamp}-{i}", title=r["title"], text=r["text"])
         started = time.perf_counter()
         summary = build_index(cfg, embedder, upserts=[doc], deletes=[])
         times.append(time.perf_counter() - started)
         sizes.append(summary.embedded)
+        added.append(doc.id)
+    started = time.perf_counter()
+    build_index(cfg, embedder, upserts=[], deletes=added)  # leave the index as it was
+    removed_s = time.perf_counter() - started
     median = statistics.median(times)
     return {"add_one_article_s": [round(t, 3) for t in times], "passages_of_each": sizes, "median_s": round(median, 3),
-            "full_build_s": full_seconds, "full_over_incremental": round(full_seconds / median, 1)}
+            "remove_them_all_s": round(removed_s, 3),
+            "full_build_s": full_seconds, "full_over_incremental": round(full_seconds / median, 1) if median else None}
 
 
 def query_latency(cfg: Config, embedder, qs: list[str]) -> dict:
