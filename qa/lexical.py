@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -57,8 +58,14 @@ class Analyzer:
     """Text to index terms: lower case, accents dropped, Snowball (Porter 2) stems, stop words out."""
 
     def __init__(self) -> None:
-        self._stemmer = Stemmer.Stemmer("english")
+        self._local = threading.local()  # a PyStemmer instance is not thread-safe: one per thread
         self._stems: dict[str, bytes] = {}
+
+    def _stem(self, word: str) -> bytes:
+        stemmer = getattr(self._local, "stemmer", None)
+        if stemmer is None:
+            stemmer = self._local.stemmer = Stemmer.Stemmer("english")
+        return stemmer.stemWord(word).encode()
 
     def words(self, text: str) -> list[str]:
         return _WORD.findall(_MARKS.sub("", unicodedata.normalize("NFKD", text.lower())))
@@ -70,7 +77,7 @@ class Analyzer:
         for w in words:
             s = stems.get(w)
             if s is None:
-                s = b"" if w in STOP_WORDS or (len(w) < 2 and not w.isdigit()) else self._stemmer.stemWord(w).encode()
+                s = b"" if w in STOP_WORDS or (len(w) < 2 and not w.isdigit()) else self._stem(w)
                 if len(s) > MAX_WORD_BYTES:
                     s = b""
                 if len(stems) < 2_000_000:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -89,3 +91,12 @@ def test_the_index_keeps_bm25_in_step_with_the_corpus(config, embedder, market_i
         assert [t.text for t in texts.values()] == [PASSAGES[3][2]]
     finally:
         index.close()
+
+
+def test_threads_search_at_once():
+    index = fresh(PASSAGES)
+    questions = ["Which zeppelins crossed the Atlantic?", "harbour cargo doubled", "cafés and rents", "analysts calm"] * 50
+    expected = [index.search(q, 3) for q in questions]
+    index.analyzer._stems.clear()  # stem again, from every thread
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda q: index.search(q, 3), questions)) == expected
