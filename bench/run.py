@@ -69,13 +69,15 @@ def child_build(corpus: str, index: str, backend: str) -> None:
     embedder = Embedder.from_config(cfg.replace(backend=backend))
     summary = build_index(cfg, embedder, rebuild=True)
     seconds = time.perf_counter() - started
-    m = open_index(cfg).manifest
+    built = open_index(cfg)
+    m = built.manifest
     print(json.dumps({
         "backend": backend, "seconds": round(seconds, 1), "documents": m.documents, "passages": m.passages,
         "sentences": m.sentences, "passages_per_s": round(m.passages / seconds, 1),
         "texts_per_s": round((m.passages + m.sentences) / seconds, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "index_mb": du_mb(Path(index)), "build_seconds_in_build_index": round(summary.seconds, 1),
+        "index_mb": du_mb(built.path),  # the version just built, not the older ones kept beside it
+        "build_seconds_in_build_index": round(summary.seconds, 1),
     }))
 
 
