@@ -186,7 +186,8 @@ def _garbage(path: Path) -> None:
 @pytest.mark.parametrize(
     "name, damage",
     [("passages.faiss", _truncate), ("sentences.faiss", _garbage), ("store.sqlite", _garbage),
-     ("store.sqlite", _truncate), ("manifest.json", _garbage), ("manifest.json", Path.unlink)],
+     ("store.sqlite", _truncate), ("manifest.json", _garbage), ("manifest.json", Path.unlink),
+     ("lexical.rows.npy", _truncate), ("lexical.terms.npy", _garbage), ("lexical.ids.npy", Path.unlink)],
 )
 def test_damaged_index_files_give_a_clear_error(sample_config, embedder, name, damage):
     build_index(sample_config, embedder)
