@@ -76,8 +76,8 @@ class Config:
     #: qa/reader_weights/, or any extractive QA model's name or folder (AutoModelForQuestionAnswering).
     reader_model: str = ""
     #: Tokens of the best sentences the span reader reads per question (one batch). Fewer is
-    #: faster and, to 96, better: held-out SQuAD open F1 0.441 at 192, 0.472 at 128, 0.473 at 96,
-    #: 0.453 at 64 (README, Readers).
+    #: faster, and fewer distractors: held-out open F1, SQuAD / RealTimeQA, 0.470 / 0.638 at 64,
+    #: 0.479 / 0.601 at 96, 0.484 / 0.563 at 128 (README, Readers).
     span_context_tokens: int = 96
     #: Longest answer, in tokens (why-questions are answered with the sentence reader's reason clauses).
     span_max_tokens: int = 24
@@ -86,6 +86,11 @@ class Config:
     span_stride: int = 64
     #: A span is withheld unless its logit beats the no-answer logit by more than this.
     span_null_margin: float = 0.0
+    #: A span's logit loses this times how far its passage's fused retrieval score is below the
+    #: best passage's: the reader alone is too sure of spans in distracting passages. Chosen on
+    #: half the held-out SQuAD articles (open F1 0.482 at 0, 0.497 at 20, 0.502 at 40, 0.498 at
+    #: 80), checked on the other half (0.473 -> 0.488) and RealTimeQA (0.601 -> 0.666).
+    span_passage_weight: float = 40.0
     #: Threads for the span reader's forward pass (0: leave torch's setting alone).
     reader_threads: int = 1
     #: A sentence's score: these weights times its cosine with the question, the share of the

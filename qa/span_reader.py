@@ -2,16 +2,17 @@
 
 The model is a transformers question-answering model (`BertForQuestionAnswering` or anything
 `AutoModelForQuestionAnswering` loads). By default it is the bundled all-MiniLM-L6-v2 encoder with
-the top layers and the span head trained by `make train-reader`: only those ship, in
-`qa/reader_weights/` (fp16 safetensors plus `reader.json`), and are put on top of the bundled
-encoder at load time. `Config.reader_model` names another model (hub name or folder) instead.
+its six layers and the span head trained by `make train-reader`: only those ship, in
+`qa/reader_weights/` (fp16 safetensors plus `reader.json`), and are put on the bundled encoder's
+word embeddings at load time. `Config.reader_model` names another model (hub name or folder) instead.
 
 Reading is one forward pass per question: the sentences of the retrieved passages are ranked by
 their index-time embeddings, the best ones (up to `span_context_tokens` tokens) are grouped back
 into contiguous stretches of their passages, and all stretches go through the model in one batch.
-The no-answer score is SQuAD 2's: the [CLS] start plus end logits. An answer's score is
-sigmoid(span logit - no-answer logit); when the no-answer logit wins, or the score is below
-`answer_threshold`, the span is withheld.
+The no-answer score is SQuAD 2's: the [CLS] start plus end logits. When the no-answer logit wins,
+the span is withheld. Spans are ranked, and scored, by sigmoid(span logit - no-answer logit -
+`span_passage_weight` x how far their passage's retrieval score is below the best passage's); a
+span whose score is below `answer_threshold` is withheld.
 """
 
 from __future__ import annotations
@@ -363,18 +364,27 @@ class SpanReader:
     ) -> list[Answer]:
         if is_why(question):
             # The span head learnt SQuAD's short answers and marks reasons poorly (held-out open-mode
-            # why F1 0.19, against 0.32 for the sentence reader's reason clauses): those go to the latter.
+            # why F1 0.17, against 0.32 for the sentence reader's reason clauses): those go to the latter.
             return self.why_reader.read(question, question_vector, index, hits, rows)
         contexts = self.contexts(question, question_vector, index, hits, rows)
         if not contexts:
             return []
         texts = [c.row.text[c.start : c.end] for c in contexts]
         spans = read_spans(self.logits, self.tokenizer, question, texts, self.max_len, self.config.span_stride, self.config.span_max_tokens)
+        # The reader alone is too sure of a span in a distracting passage: a passage retrieved
+        # below the best one costs its spans `span_passage_weight` logits per unit of fused score.
+        retrieved = {h.passage_id: h.score for h in hits}
+        best = max(retrieved.values())
+        ranked = sorted(
+            ((sp.logit + self.config.span_passage_weight * (retrieved.get(contexts[sp.context].row.id, 0.0) - best), sp)
+             for sp in spans if sp.logit > self.config.span_null_margin),
+            key=lambda pair: -pair[0],
+        )
         answers: list[Answer] = []
         taken: list[tuple[str, int, int]] = []
-        for sp in spans:
-            score = 1.0 / (1.0 + math.exp(-sp.logit))
-            if len(answers) >= self.config.max_answers or sp.logit <= self.config.span_null_margin or score < self.config.answer_threshold:
+        for logit, sp in ranked:
+            score = 1.0 / (1.0 + math.exp(-logit))
+            if len(answers) >= self.config.max_answers or score < self.config.answer_threshold:
                 break
             c = contexts[sp.context]
             row = c.row

@@ -500,7 +500,8 @@ def cmd_eval(args) -> None:
     from qa.span_reader import SpanReader
 
     overrides = {k: v for k, v in (("span_context_tokens", args.context_tokens), ("span_max_tokens", args.max_tokens),
-                                   ("span_null_margin", args.null_margin), ("answer_threshold", args.threshold)) if v is not None}
+                                   ("span_null_margin", args.null_margin), ("answer_threshold", args.threshold),
+                                   ("span_passage_weight", args.passage_weight)) if v is not None}
     config = Config.load(**overrides)
     paragraphs, questions = held_out_questions(args.set, Path(args.data))
     if args.limit:
@@ -536,6 +537,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--max-tokens", type=int)
     e.add_argument("--null-margin", type=float)
     e.add_argument("--threshold", type=float)
+    e.add_argument("--passage-weight", type=float)
     args = ap.parse_args(argv)
     if args.cmd == "eval":
         cmd_eval(args)

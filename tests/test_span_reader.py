@@ -71,6 +71,23 @@ def test_any_named_qa_model_reads_through_the_pipeline(tiny_model, sample_index,
     _check_answers(result, sample_index)
 
 
+def test_spans_pay_for_a_weaker_passage(tiny_model, sample_index, embedder, tmp_path):
+    """The ranking adds the passage's retrieval score: with a large weight the best retrieved
+    passage's spans come first, whatever a (here random) model thinks of the others."""
+    base = sample_index.replace(reader_model=str(tiny_model), answer_threshold=0.0, span_null_margin=-1e9,
+                                cache=tmp_path, max_answers=10, span_passage_weight=0.0)
+    question = "What chips would Inspur use?"
+    plain = Pipeline(base, embedder, reader=SpanReader(base)).ask(question)
+    best = plain.passages[0].id
+    plain_firsts = [a.passage_id == best for a in plain.answers]
+    assert plain_firsts != sorted(plain_firsts, reverse=True)  # the random model mixes the passages
+    weighted_cfg = base.replace(span_passage_weight=1e3)
+    weighted = Pipeline(weighted_cfg, embedder, reader=SpanReader(weighted_cfg)).ask(question)
+    firsts = [a.passage_id == best for a in weighted.answers]
+    assert firsts[0] and firsts == sorted(firsts, reverse=True)
+    _check_answers(weighted, sample_index)
+
+
 @pytest.mark.parametrize("backend, tolerance", [("onnx", 1e-3), ("onnx-int8", 0.35)])
 def test_onnx_reader_gives_torch_logits(tiny_model, tmp_path, backend, tolerance):
     import numpy as np
