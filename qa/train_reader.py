@@ -75,11 +75,24 @@ def load_examples(data: Path = DATA) -> tuple[list[dict], list[dict], dict[str, 
             ex = {
                 "id": q["id"], "question": q["question"], "context": ctx, "context_id": q["context_id"],
                 "answers": [x["text"] for x in q["answers"]], "start": start, "text": a["text"],
-                "title": p.get("title") or p["id"], "set": name,
+                "spans": gold_spans(ctx, q["answers"]), "title": p.get("title") or p["id"], "set": name,
             }
             out = held if (ex["title"] in HELD_OUT_TITLES if name == SQUAD else rtqa_held_out(q["id"])) else train
             out.append(ex)
     return train, held, by_title
+
+
+def gold_spans(context: str, answers: list[dict]) -> list[tuple[int, int]]:
+    """Every distinct gold answer as character offsets (SQuAD has about three a question, often
+    differing only in where they stop: "Denver Broncos" and "the Denver Broncos")."""
+    out = []
+    for a in answers:
+        start = a["answer_start"]
+        if context[start : start + len(a["text"])] != a["text"]:
+            start = context.find(a["text"])
+        if start >= 0 and (start, start + len(a["text"])) not in out:
+            out.append((start, start + len(a["text"])))
+    return out
 
 
 def featurize(tokenizer, examples: list[dict], max_len: int = MAX_LEN, stride: int = STRIDE, labels: bool = True) -> list[dict]:
@@ -94,16 +107,22 @@ def featurize(tokenizer, examples: list[dict], max_len: int = MAX_LEN, stride: i
         seq = enc.sequence_ids(w)
         offsets = enc["offset_mapping"][w]
         ex = examples[i]
-        s_tok = e_tok = 0
-        if labels and ex.get("start") is not None:
-            a, b = ex["start"], ex["start"] + len(ex["text"])
-            ctx = [t for t, s in enumerate(seq) if s == 1]
+        ctx = [t for t, s in enumerate(seq) if s == 1]
+
+        def tokens(a: int, b: int) -> tuple[int, int] | None:
             if ctx and offsets[ctx[0]][0] <= a and offsets[ctx[-1]][1] >= b:
-                s_tok = next(t for t in ctx if offsets[t][1] > a)
-                e_tok = next(t for t in reversed(ctx) if offsets[t][0] < b)
+                return next(t for t in ctx if offsets[t][1] > a), next(t for t in reversed(ctx) if offsets[t][0] < b)
+            return None
+
+        first, targets = None, []  # `text`'s span, and every gold span inside the window
+        if labels and ex.get("start") is not None:
+            first = tokens(ex["start"], ex["start"] + len(ex["text"]))
+            targets = [t for t in (tokens(a, b) for a, b in ex.get("spans") or [(ex["start"], ex["start"] + len(ex["text"]))]) if t]
+        s_tok, e_tok = first or (0, 0)
         feats.append({
             "input_ids": enc["input_ids"][w], "token_type_ids": enc["token_type_ids"][w],
             "offsets": offsets, "seq": seq, "example": i, "start": s_tok, "end": e_tok,
+            "starts": sorted({a for a, _ in targets}) or [0], "ends": sorted({b for _, b in targets}) or [0],
         })
     return feats
 
@@ -170,7 +189,7 @@ def synthetic_examples(n: int, rng: random.Random, data: Path = DATA) -> list[di
 # --------------------------------------------------------------------------------------- model
 
 
-def base_model():
+def base_model(seed: int = SEED):
     import torch
     from transformers import AutoTokenizer, BertForQuestionAnswering
     from transformers.utils import logging as hf_logging
@@ -179,7 +198,7 @@ def base_model():
 
     hf_logging.set_verbosity_error()
     path = resolve_model(DEFAULT_MODEL)
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)  # the span head's initial weights
     return BertForQuestionAnswering.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
@@ -265,8 +284,22 @@ def _stack_hidden(feats: list[dict], b: list[int]):
     return h, mask
 
 
-def train_top(model, feats: list[dict], frozen: int, epochs: int, lr: float, batch: int, seed: int, label: str = "", probe=None, probes: int = 4) -> list[dict]:
-    """Trains in place; `probe()` is measured `probes` times in the first epoch and after each later one (a learning curve)."""
+def _marginal_nll(logits, targets: list[list[int]]):
+    """-log of the probability mass on any of the allowed positions, averaged over the batch."""
+    import torch
+
+    allowed = torch.zeros_like(logits, dtype=torch.bool)
+    for j, ts in enumerate(targets):
+        allowed[j, ts] = True
+    gold = logits.masked_fill(~allowed, torch_finfo_min(logits)).logsumexp(-1)
+    return (logits.logsumexp(-1) - gold).mean()
+
+
+def train_top(model, feats: list[dict], frozen: int, epochs: int, lr: float, batch: int, seed: int, label: str = "", probe=None, probes: int = 4,
+              all_spans: bool = False) -> list[dict]:
+    """Trains in place; `probe()` is measured `probes` times in the first epoch and after each later one (a learning curve).
+    With `all_spans`, a window's target is any gold answer's start and any gold answer's end (SQuAD's
+    answers differ mostly in where they stop), not only the first answer's."""
     import torch
 
     torch.manual_seed(seed)
@@ -291,9 +324,12 @@ def train_top(model, feats: list[dict], frozen: int, epochs: int, lr: float, bat
         for b in _batches(feats, batch, rng):
             h, mask = _stack_hidden(feats, b)
             start, end = top_forward(model, frozen, h, mask)
-            ys = torch.tensor([feats[i]["start"] for i in b])
-            ye = torch.tensor([feats[i]["end"] for i in b])
-            loss = (loss_fn(start, ys) + loss_fn(end, ye)) / 2
+            if all_spans:
+                loss = (_marginal_nll(start, [feats[i]["starts"] for i in b]) + _marginal_nll(end, [feats[i]["ends"] for i in b])) / 2
+            else:
+                ys = torch.tensor([feats[i]["start"] for i in b])
+                ye = torch.tensor([feats[i]["end"] for i in b])
+                loss = (loss_fn(start, ys) + loss_fn(end, ye)) / 2
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -362,16 +398,16 @@ def cmd_train(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    random.seed(SEED)
-    np.random.seed(SEED)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
     started = time.time()
     train, held, by_title = load_examples(Path(args.data))
-    rng = random.Random(SEED)
+    rng = random.Random(args.seed)
     rng.shuffle(train)
     if args.limit:
         train = train[: args.limit]
     if args.synthetic:
-        synthetic = synthetic_examples(args.synthetic, random.Random(SEED), Path(args.data))
+        synthetic = synthetic_examples(args.synthetic, random.Random(args.seed), Path(args.data))
         print(f"{len(synthetic)} synthetic cloze questions, e.g. {synthetic[0]['question']!r} -> {synthetic[0]['text']!r}", flush=True)
         train = train + synthetic
     held_squad = [e for e in held if e["set"] == SQUAD]
@@ -380,7 +416,7 @@ def cmd_train(args) -> None:
         held_squad = random.Random(SEED).sample(held_squad, min(args.held_limit, len(held_squad)))
     print(f"train {len(train)} questions (squad {sum(e['set'] == SQUAD for e in train)}, rtqa {sum(e['set'] == RTQA for e in train)}); "
           f"held out squad {len(held_squad)}, rtqa {len(held_rtqa)}", flush=True)
-    model, tokenizer = base_model()
+    model, tokenizer = base_model(args.seed)
     negs = negatives(train, by_title, rng)
     for n in negs:
         n["negative"] = True
@@ -405,7 +441,7 @@ def cmd_train(args) -> None:
         sub = [f for f in feats if f["question"] in keep_ids]
         model.load_state_dict(initial)
         t = time.time()
-        train_top(model, sub, args.frozen, args.epochs, args.lr, args.batch, SEED, label=f"{frac:.2f}")
+        train_top(model, sub, args.frozen, args.epochs, args.lr, args.batch, args.seed, label=f"{frac:.2f}", all_spans=args.all_spans)
         point = {"fraction": frac, "questions": len(keep_ids), "windows": len(sub), "train_s": round(time.time() - t),
                  "squad_gold_paragraph": eval_cached(model, args.frozen, h_feats["squad"], held_squad),
                  "rtqa_gold_paragraph": eval_cached(model, args.frozen, h_feats["rtqa"], held_rtqa)}
@@ -423,7 +459,7 @@ def cmd_train(args) -> None:
     def probe() -> dict:
         return {"squad_gold_paragraph_400": eval_cached(model, args.frozen, probe_feats, probe_ex)}
 
-    steps_curve = train_top(model, feats, args.frozen, args.epochs, args.lr, args.batch, SEED, label="all", probe=probe)
+    steps_curve = train_top(model, feats, args.frozen, args.epochs, args.lr, args.batch, args.seed, label="all", probe=probe, all_spans=args.all_spans)
     final = {"fraction": 1.0, "questions": len(train), "windows": len(feats), "train_s": round(time.time() - t),
              "squad_gold_paragraph": eval_cached(model, args.frozen, h_feats["squad"], held_squad),
              "rtqa_gold_paragraph": eval_cached(model, args.frozen, h_feats["rtqa"], held_rtqa)}
@@ -431,9 +467,9 @@ def cmd_train(args) -> None:
     curve.append(final)
     meta = {
         "base_model": DEFAULT_MODEL, "architecture": "BertForQuestionAnswering", "frozen_layers": args.frozen,
-        "max_len": MAX_LEN, "stride": STRIDE, "seed": SEED, "epochs": args.epochs, "lr": args.lr, "batch": args.batch,
+        "max_len": MAX_LEN, "stride": STRIDE, "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "batch": args.batch,
         "held_out_titles": list(HELD_OUT_TITLES), "rtqa_held_out": "md5(question id) % 5 == 0",
-        "train_questions": len(train), "synthetic_questions": args.synthetic, "train_windows": len(feats), "negative_fraction": NEGATIVE_FRACTION,
+        "all_gold_spans": args.all_spans, "train_questions": len(train), "synthetic_questions": args.synthetic, "train_windows": len(feats), "negative_fraction": NEGATIVE_FRACTION,
         "learning_curve": curve, "learning_curve_within_run": steps_curve, "wall_s": round(time.time() - started),
     }
     out = Path(args.out)
@@ -504,11 +540,14 @@ def cmd_eval(args) -> None:
                                    ("span_passage_weight", args.passage_weight)) if v is not None}
     config = Config.load(**overrides)
     paragraphs, questions = held_out_questions(args.set, Path(args.data))
+    if args.titles:  # e.g. half the held-out articles, to choose a setting there and check it on the rest
+        keep = {p["id"] for p in read_jsonl(paragraphs) if p.get("title") in args.titles.split(",")}
+        questions = [q for q in questions if q["context_id"] in keep]
     if args.limit:
         questions = random.Random(SEED).sample(questions, min(args.limit, len(questions)))
     reader = SpanReader(config) if args.reader == "span" else SentenceReader(config)
     m = evaluate_reader(config, paragraphs, questions, args.mode, reader)
-    m.update({"reader": args.reader, "set": args.set, **overrides})
+    m.update({"reader": args.reader, "set": args.set, **({"titles": args.titles} if args.titles else {}), **overrides})
     print(json.dumps(m), flush=True)
 
 
@@ -522,10 +561,12 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--lr", type=float, default=1.5e-4)
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--seed", type=int, default=SEED, help="training order, negatives, synthetic questions, head init (the held-out split does not move)")
     t.add_argument("--frozen", type=int, default=FROZEN_LAYERS, help="lower layers kept as they are (outputs cached)")
     t.add_argument("--limit", type=int, default=0, help="train on the first N (shuffled) questions")
     t.add_argument("--held-limit", type=int, default=0, help="measure on N held-out SQuAD questions")
     t.add_argument("--synthetic", type=int, default=1500, help="add N cloze questions made from BBC news sentences")
+    t.add_argument("--all-spans", action="store_true", help="target any gold answer's start and end, not only the first's")
     t.add_argument("--curve", default="", help="also train on these fractions, e.g. 0.25,0.5")
     e = sub.add_parser("eval")
     e.add_argument("--data", default=str(DATA))
@@ -533,6 +574,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--mode", choices=("gold", "open"), default="gold")
     e.add_argument("--set", choices=("squad", "rtqa"), default="squad")
     e.add_argument("--limit", type=int, default=0)
+    e.add_argument("--titles", default="", help="only the held-out questions of these articles (comma-separated)")
     e.add_argument("--context-tokens", type=int)
     e.add_argument("--max-tokens", type=int)
     e.add_argument("--null-margin", type=float)

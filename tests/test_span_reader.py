@@ -151,3 +151,32 @@ def test_threads_tokenize_at_once_without_mixing_settings():
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(work, range(800)))
     assert all(r == (expected if k % 2 else lengths) for k, r in enumerate(results))
+
+
+def test_training_windows_target_every_gold_answer():
+    """`make train-reader --all-spans`: each gold answer inside a window is a target; one outside is not."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from qa.embedding import resolve_model
+    from qa.train_reader import _marginal_nll, featurize, gold_spans
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(Config().model))
+    context = "The game was played at Levi's Stadium in Santa Clara, California, on February 7, 2016. " * 3
+    answers = [{"text": "Levi's Stadium", "answer_start": 23}, {"text": "Levi's Stadium in Santa Clara", "answer_start": 0},
+               {"text": "February 7, 2016", "answer_start": 69}, {"text": "Levi's Stadium", "answer_start": 23}]
+    spans = gold_spans(context, answers)
+    assert spans == [(23, 37), (23, 52), (69, 85)]  # duplicates dropped, a wrong offset found again
+    example = {"question": "Where was the game played?", "context": context, "start": 23, "text": "Levi's Stadium", "spans": spans}
+    (window,) = featurize(tokenizer, [example])
+    starts = {window["offsets"][t][0] for t in window["starts"]}
+    ends = {window["offsets"][t][1] for t in window["ends"]}
+    assert starts == {23, 69} and ends == {37, 52, 85}
+    assert window["offsets"][window["start"]][0] == 23 and window["offsets"][window["end"]][1] == 37
+
+    short = featurize(tokenizer, [example], max_len=24, stride=8)  # most windows hold no answer: [CLS] is their target
+    assert any(w["starts"] == [0] and w["start"] == 0 for w in short)
+    logits = torch.randn(3, 12)
+    single = _marginal_nll(logits, [[4], [0], [7]])
+    assert torch.allclose(single, torch.nn.functional.cross_entropy(logits, torch.tensor([4, 0, 7])))
+    assert _marginal_nll(logits, [[4, 5], [0], [7]]) < single  # more allowed positions, more mass
