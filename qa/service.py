@@ -214,7 +214,8 @@ def create_app(config: Config | None = None, embedder: Embedder | None = None) -
     # Documents.
 
     @app.get("/api/documents", tags=["documents"])
-    def documents(offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
+    def documents(offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # SQLite's integers are 64-bit
+                  limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
         index = pipeline.index()
         return {"total": index.manifest.documents, "offset": offset, "limit": limit,
                 "documents": index.store.documents(offset, limit)}

@@ -75,6 +75,8 @@ def test_health_and_documents(client):
     r = client.get("/api/documents/nope.txt")
     assert r.status_code == 404 and "nope.txt" in r.json()["detail"]
     assert client.get("/api/documents", params={"limit": 0}).status_code == 422
+    assert client.get("/api/documents", params={"offset": 2**63}).status_code == 422  # past SQLite's integers: not a 500
+    assert client.get("/api/documents", params={"offset": 2**63 - 1}).json()["documents"] == []
 
 
 def test_write_endpoints_need_the_key(client):
