@@ -328,7 +328,9 @@ def main() -> None:
     backends = args.backends.split(",")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="qa-bench-"))
     qs = questions(args.questions)
-    results: dict = {"machine": {"cpus": os.cpu_count(), "load_avg_start": load()}, "args": vars(args) | {"workdir": str(work)}, "datasets": {}}
+    reading = Config.load()
+    results: dict = {"machine": {"cpus": os.cpu_count(), "load_avg_start": load()}, "args": vars(args) | {"workdir": str(work)},
+                     "reader": {"reader": reading.reader, "reader_model": reading.reader_model or "shipped"}, "datasets": {}}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_path = RESULTS / f"{stamp}.json"

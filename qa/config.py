@@ -73,7 +73,8 @@ class Config:
     #: Answers scoring below this are withheld; with none left the result says no_answer.
     answer_threshold: float = 0.35
     #: The span reader's model (`reader = "span"`): empty for the trained reader shipped in
-    #: qa/reader_weights/, or any extractive QA model's name or folder (AutoModelForQuestionAnswering).
+    #: qa/reader_weights/, or any extractive QA model's name or folder (AutoModelForQuestionAnswering);
+    #: several, comma-separated ("shipped" for the shipped one), are read as an ensemble (README, Readers).
     reader_model: str = ""
     #: Tokens of the best sentences the span reader reads per question (one batch). Fewer is
     #: faster, and fewer distractors: held-out open F1, SQuAD / RealTimeQA, 0.470 / 0.638 at 64,

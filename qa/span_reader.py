@@ -4,7 +4,9 @@ The model is a transformers question-answering model (`BertForQuestionAnswering`
 `AutoModelForQuestionAnswering` loads). By default it is the bundled all-MiniLM-L6-v2 encoder with
 its six layers and the span head trained by `make train-reader`: only those ship, in
 `qa/reader_weights/` (fp16 safetensors plus `reader.json`), and are put on the bundled encoder's
-word embeddings at load time. `Config.reader_model` names another model (hub name or folder) instead.
+word embeddings at load time. `Config.reader_model` names another model (hub name or folder) instead,
+or several, comma-separated ("" or "shipped" for the shipped one): an ensemble, read as one model
+whose start and end logits are the members' mean (more accurate, one forward pass per member).
 
 Reading is one forward pass per question: the sentences of the retrieved passages are ranked by
 their index-time embeddings, the best ones (up to `span_context_tokens` tokens) are grouped back
@@ -202,6 +204,23 @@ class OnnxLogits:
         return start, end
 
 
+class MeanLogits:
+    """An ensemble: the members' start and end logits, averaged."""
+
+    def __init__(self, members: list[Logits]) -> None:
+        self.members = members
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        outs = [member(inputs) for member in self.members]
+        return np.mean([s for s, _ in outs], axis=0), np.mean([e for _, e in outs], axis=0)
+
+
+def member_names(reader_model: str) -> list[str]:
+    """`Config.reader_model` as the models it names; "" stands for the shipped reader."""
+    names = [n.strip() for n in reader_model.split(",")] if reader_model else [""]
+    return ["" if n == "shipped" else n for n in names]
+
+
 def onnx_logits(model, sources: list[Path], cache: Path, quantize: bool) -> OnnxLogits:
     """The QA model exported to ONNX (int8 with `quantize`) once, under `cache`, keyed by its files."""
     import torch
@@ -263,46 +282,50 @@ class SpanReader:
         self.config = config
         self.why_reader = SentenceReader(config)
         if model is not None:
-            self.__dict__["_loaded"] = (model, tokenizer)
+            self.__dict__["_members"] = [(model, tokenizer)]
 
     @cached_property
-    def _loaded(self):
-        return load_qa_model(self.config.reader_model or None)
+    def _members(self) -> list[tuple]:
+        """(model, tokenizer) of each model `reader_model` names; an ensemble must share one tokenizer."""
+        names = member_names(self.config.reader_model)
+        loaded = [load_qa_model(name or None) for name in names]
+        vocab = loaded[0][1].get_vocab()
+        for name, (_, tokenizer) in zip(names[1:], loaded[1:]):
+            if tokenizer.get_vocab() != vocab:
+                raise ValueError(f"reader model {name or 'shipped'}: its tokenizer is not {names[0] or 'shipped'}'s, "
+                                 "and an ensemble reads one tokenization")
+        return loaded
 
     @property
     def model(self):
-        return self._loaded[0]
+        return self._members[0][0]
+
+    @property
+    def tokenizer(self):
+        return self._members[0][1]
 
     def warm(self) -> None:
         self.logits  # the model, and its ONNX export the first time: seconds, not for a question to pay
 
     @cached_property
     def logits(self) -> Logits:
+        members = [self._logits(name, model) for name, (model, _) in zip(member_names(self.config.reader_model), self._members)]
+        return members[0] if len(members) == 1 else MeanLogits(members)
+
+    def _logits(self, name: str, model) -> Logits:
         """ONNX Runtime for the ONNX backends (the shipped reader, or a model in a local folder),
         else torch; a model the exporter cannot trace also runs on torch."""
-        sources = self._sources()
+        sources = _sources(name)
         if self.config.backend.startswith("onnx") and sources:
             try:
-                return onnx_logits(self.model, sources, self.config.cache, quantize=self.config.backend == "onnx-int8")
+                return onnx_logits(model, sources, self.config.cache, quantize=self.config.backend == "onnx-int8")
             except Exception as exc:  # noqa: BLE001 - any exporter failure: the torch model still reads
                 log.warning("span reader stays on torch: ONNX export failed (%s)", exc)
-        return TorchLogits(self.model, self.config.reader_threads)
-
-    def _sources(self) -> list[Path]:
-        """The local files the model is made of (what the exported ONNX file is keyed on)."""
-        if not self.config.reader_model:
-            meta = json.loads((WEIGHTS / META_FILE).read_text())
-            return [WEIGHTS, Path(resolve_model(meta["base_model"]))]
-        folder = Path(resolve_model(self.config.reader_model))
-        return [folder] if folder.is_dir() else []
-
-    @property
-    def tokenizer(self):
-        return self._loaded[1]
+        return TorchLogits(model, self.config.reader_threads)
 
     @property
     def max_len(self) -> int:
-        limit = getattr(self.model.config, "max_position_embeddings", 512)
+        limit = min(getattr(model.config, "max_position_embeddings", 512) for model, _ in self._members)
         return min(self.config.span_max_len, limit)
 
     def contexts(self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]) -> list[_Context]:
@@ -401,6 +424,15 @@ class SpanReader:
         return answers
 
 
+def _sources(name: str) -> list[Path]:
+    """The local files a model is made of (what its exported ONNX file is keyed on); "" is the shipped reader."""
+    if not name:
+        meta = json.loads((WEIGHTS / META_FILE).read_text())
+        return [WEIGHTS, Path(resolve_model(meta["base_model"]))]
+    folder = Path(resolve_model(name))
+    return [folder] if folder.is_dir() else []
+
+
 def _trim(text: str, start: int, end: int) -> tuple[int, int]:
     while start < end and (text[start].isspace() or text[start] in ",;:"):
         start += 1
@@ -409,4 +441,4 @@ def _trim(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-__all__ = ["SpanReader", "load_qa_model", "read_spans", "encode", "best_spans", "WEIGHTS"]
+__all__ = ["SpanReader", "MeanLogits", "load_qa_model", "read_spans", "encode", "best_spans", "WEIGHTS"]

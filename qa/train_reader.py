@@ -296,8 +296,10 @@ def _marginal_nll(logits, targets: list[list[int]]):
 
 
 def train_top(model, feats: list[dict], frozen: int, epochs: int, lr: float, batch: int, seed: int, label: str = "", probe=None, probes: int = 4,
-              all_spans: bool = False) -> list[dict]:
+              all_spans: bool = False, averages: dict[float, dict] | None = None) -> list[dict]:
     """Trains in place; `probe()` is measured `probes` times in the first epoch and after each later one (a learning curve).
+    `averages` maps decays to empty dicts that are filled with the exponential moving averages of the
+    trained weights (a cheap ensemble of the run's last steps, with the usual warm-up of the decay).
     With `all_spans`, a window's target is any gold answer's start and any gold answer's end (SQuAD's
     answers differ mostly in where they stop), not only the first answer's."""
     import torch
@@ -309,6 +311,7 @@ def train_top(model, feats: list[dict], frozen: int, epochs: int, lr: float, bat
     params = [p for layer in model.bert.encoder.layer[frozen:] for p in layer.parameters()] + list(model.qa_outputs.parameters())
     for p in params:
         p.requires_grad_(True)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     steps = epochs * len(_batches(feats, batch))
     warm = max(1, steps // 10)
@@ -337,6 +340,14 @@ def train_top(model, feats: list[dict], frozen: int, epochs: int, lr: float, bat
             opt.zero_grad()
             total += loss.item()
             step += 1
+            for decay, avg in (averages or {}).items():
+                d = min(decay, 1 - 1 / step)  # a plain mean of the steps so far, until the decay takes over
+                with torch.no_grad():
+                    for name, p in named:
+                        if name in avg:
+                            avg[name].mul_(d).add_(p.detach(), alpha=1 - d)
+                        else:
+                            avg[name] = p.detach().clone()
             if probe is not None and step in at:
                 model.eval()
                 point = {"step": step, "epoch": round(step / per_epoch, 2), "windows_seen": min(step * batch, len(feats)) if step <= per_epoch else len(feats), **probe()}
@@ -459,18 +470,31 @@ def cmd_train(args) -> None:
     def probe() -> dict:
         return {"squad_gold_paragraph_400": eval_cached(model, args.frozen, probe_feats, probe_ex)}
 
-    steps_curve = train_top(model, feats, args.frozen, args.epochs, args.lr, args.batch, args.seed, label="all", probe=probe, all_spans=args.all_spans)
+    decays = sorted({args.average, *args.also_average} - {0.0})
+    averages: dict[float, dict] = {d: {} for d in decays}
+    steps_curve = train_top(model, feats, args.frozen, args.epochs, args.lr, args.batch, args.seed, label="all", probe=probe,
+                            all_spans=args.all_spans, averages=averages)
     final = {"fraction": 1.0, "questions": len(train), "windows": len(feats), "train_s": round(time.time() - t),
              "squad_gold_paragraph": eval_cached(model, args.frozen, h_feats["squad"], held_squad),
              "rtqa_gold_paragraph": eval_cached(model, args.frozen, h_feats["rtqa"], held_rtqa)}
     print(json.dumps(final), flush=True)
     curve.append(final)
+    last = {k: v.clone() for k, v in model.state_dict().items()}
+    averaged = []  # the same run's averaged weights: a comparison free of seed-to-seed noise
+    for d in decays:
+        model.load_state_dict({**last, **averages[d]})
+        point = {"average_decay": d, "squad_gold_paragraph": eval_cached(model, args.frozen, h_feats["squad"], held_squad),
+                 "rtqa_gold_paragraph": eval_cached(model, args.frozen, h_feats["rtqa"], held_rtqa)}
+        print(json.dumps(point), flush=True)
+        averaged.append(point)
+    model.load_state_dict({**last, **averages.get(args.average, {})})
     meta = {
         "base_model": DEFAULT_MODEL, "architecture": "BertForQuestionAnswering", "frozen_layers": args.frozen,
         "max_len": MAX_LEN, "stride": STRIDE, "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "batch": args.batch,
         "held_out_titles": list(HELD_OUT_TITLES), "rtqa_held_out": "md5(question id) % 5 == 0",
         "all_gold_spans": args.all_spans, "train_questions": len(train), "synthetic_questions": args.synthetic, "train_windows": len(feats), "negative_fraction": NEGATIVE_FRACTION,
-        "learning_curve": curve, "learning_curve_within_run": steps_curve, "wall_s": round(time.time() - started),
+        "average_decay": args.average or None, "learning_curve": curve, "learning_curve_within_run": steps_curve,
+        **({"averaged": averaged} if averaged else {}), "wall_s": round(time.time() - started),
     }
     out = Path(args.out)
     save_top(model, args.frozen, out, meta)
@@ -567,6 +591,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--held-limit", type=int, default=0, help="measure on N held-out SQuAD questions")
     t.add_argument("--synthetic", type=int, default=1500, help="add N cloze questions made from BBC news sentences")
     t.add_argument("--all-spans", action="store_true", help="target any gold answer's start and end, not only the first's")
+    t.add_argument("--average", type=float, default=0.0, help="ship the moving average of the weights with this decay (e.g. 0.995), not the last step's")
+    t.add_argument("--also-average", type=float, nargs="*", default=[], help="also measure averages with these decays")
     t.add_argument("--curve", default="", help="also train on these fractions, e.g. 0.25,0.5")
     e = sub.add_parser("eval")
     e.add_argument("--data", default=str(DATA))

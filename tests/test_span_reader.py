@@ -6,28 +6,31 @@ import pytest
 
 from qa.config import Config
 from qa.pipeline import Pipeline
-from qa.span_reader import WEIGHTS, OnnxLogits, SpanReader, TorchLogits, best_spans, encode, load_qa_model
+from qa.span_reader import WEIGHTS, MeanLogits, OnnxLogits, SpanReader, TorchLogits, best_spans, encode, load_qa_model, member_names
 from tests.conftest import IBM_QUESTION
 
 shipped = pytest.mark.skipif(not (WEIGHTS / "reader.json").exists(), reason="no trained reader in qa/reader_weights")
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A randomly initialised BertForQuestionAnswering with the bundled tokenizer, saved to a folder."""
+def make_tiny_model(folder, seed: int = 0, tokenizer=None):
+    """A randomly initialised BertForQuestionAnswering (with the bundled tokenizer unless given), saved to `folder`."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
 
     from qa.embedding import resolve_model
 
-    folder = tmp_path_factory.mktemp("tiny-qa")
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(Config().model))
+    torch.manual_seed(seed)
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(resolve_model(Config().model))
     cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=512)
     BertForQuestionAnswering(cfg).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-qa"))
 
 
 def _check_answers(result, index_cfg):
@@ -101,6 +104,38 @@ def test_onnx_reader_gives_torch_logits(tiny_model, tmp_path, backend, tolerance
     assert isinstance(reader.logits, OnnxLogits)
     for a, b in zip(fast, slow):
         assert a.shape == b.shape and np.abs(a - b).max() <= tolerance
+
+
+def test_an_ensemble_reads_the_mean_of_its_members_logits(tiny_model, sample_index, embedder, tmp_path):
+    import numpy as np
+
+    second = make_tiny_model(tmp_path / "second", seed=1)
+    assert member_names(f" shipped , {second}") == ["", str(second)] and member_names("") == [""]
+    reader = SpanReader(Config().replace(reader_model=f"{tiny_model},{second}", backend="torch", cache=tmp_path))
+    assert isinstance(reader.logits, MeanLogits) and len(reader.logits.members) == 2
+    enc = encode(reader.tokenizer, "What chips?", ["Inspur would use IBM's Power8 chips.", "A second, longer context here."], 64, 16)
+    inputs = {k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    each = [TorchLogits(load_qa_model(folder)[0], 1)(inputs) for folder in (tiny_model, second)]
+    assert not np.allclose(each[0][0], each[1][0])
+    for k, mean in enumerate(reader.logits(inputs)):
+        assert np.allclose(mean, (each[0][k] + each[1][k]) / 2, atol=1e-5)
+    cfg = sample_index.replace(reader_model=f"{tiny_model},{second}", answer_threshold=0.0, span_null_margin=-1e9, cache=tmp_path)
+    served = SpanReader(cfg)  # the service's backend: each member exported to ONNX
+    assert [type(m) for m in served.logits.members] == [OnnxLogits, OnnxLogits]
+    result = Pipeline(cfg, embedder, reader=served).ask("What chips would Inspur use?")
+    assert result.answers
+    _check_answers(result, sample_index)
+
+
+def test_an_ensemble_refuses_members_that_tokenize_differently(tiny_model, tmp_path):
+    from transformers import BertTokenizerFast
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "chips", "what", "?"]) + "\n")
+    other = make_tiny_model(tmp_path / "other", tokenizer=BertTokenizerFast(vocab_file=str(vocab)))
+    reader = SpanReader(Config().replace(reader_model=f"{tiny_model},{other}", backend="torch", cache=tmp_path))
+    with pytest.raises(ValueError, match="tokenizer"):
+        reader.model
 
 
 def test_config_names_the_reader_model(monkeypatch, tiny_model):
@@ -180,3 +215,38 @@ def test_training_windows_target_every_gold_answer():
     single = _marginal_nll(logits, [[4], [0], [7]])
     assert torch.allclose(single, torch.nn.functional.cross_entropy(logits, torch.tensor([4, 0, 7])))
     assert _marginal_nll(logits, [[4, 5], [0], [7]]) < single  # more allowed positions, more mass
+
+
+def test_training_averages_the_weights_of_its_last_steps(tiny_model):
+    """`train --average D`: a plain mean of the weights after each step until the decay takes over, then an
+    exponential moving average; only trained weights are averaged."""
+    import torch
+    from transformers import AutoTokenizer, BertForQuestionAnswering
+
+    from qa.train_reader import cache_lower, featurize, train_top
+
+    model = BertForQuestionAnswering.from_pretrained(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    examples = [{"question": f"Who won game {i}?", "context": f"Game {i} was won by team {i} in Denver.", "start": 20, "text": f"team {i}"}
+                for i in range(6)]
+    feats = featurize(tokenizer, examples)
+    cache_lower(model, feats, frozen=1)
+    snapshots: list[dict] = []
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    hook = register_optimizer_step_post_hook(
+        lambda *_: snapshots.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}))
+    averages: dict[float, dict] = {0.999: {}, 0.5: {}}
+    try:
+        train_top(model, feats, frozen=1, epochs=1, lr=1e-2, batch=2, seed=0, averages=averages)
+    finally:
+        hook.remove()
+    assert len(snapshots) == 3
+    trained = set(snapshots[0])
+    assert trained and all(n.startswith(("bert.encoder.layer.1.", "qa_outputs.")) for n in trained)
+    assert set(averages[0.999]) == set(averages[0.5]) == trained
+    w1, w2, w3 = snapshots
+    for n in trained:
+        assert torch.allclose(averages[0.999][n], (w1[n] + w2[n] + w3[n]) / 3, atol=1e-6)  # the decay has not taken over
+        assert torch.allclose(averages[0.5][n], 0.25 * w1[n] + 0.25 * w2[n] + 0.5 * w3[n], atol=1e-6)
+    assert not torch.allclose(w3["qa_outputs.weight"], averages[0.5]["qa_outputs.weight"])
