@@ -295,11 +295,46 @@ def _marginal_nll(logits, targets: list[list[int]]):
     return (logits.logsumexp(-1) - gold).mean()
 
 
+def _distill_loss(logits, teacher: list, temperature: float):
+    """KL(teacher || student) over a window's positions, softened, scaled by T^2 as usual."""
+    import torch
+
+    t = torch.full_like(logits, torch_finfo_min(logits))
+    for j, x in enumerate(teacher):
+        t[j, : x.shape[0]] = x
+    student = torch.log_softmax(logits / temperature, -1)
+    return torch.nn.functional.kl_div(student, torch.softmax(t / temperature, -1), reduction="batchmean") * temperature**2
+
+
+def teacher_logits(folders: list[str], feats: list[dict], batch: int = 64) -> None:
+    """Adds the teachers' mean start and end logits to each window (their ensemble, to distil)."""
+    import torch
+
+    from qa.span_reader import load_qa_model
+
+    started = time.time()
+    for k, folder in enumerate(folders):
+        teacher, _ = load_qa_model(folder or None)
+        with torch.inference_mode():
+            for b in _batches(feats, batch):
+                ids, mask = _pad([feats[i]["input_ids"] for i in b])
+                types, _ = _pad([feats[i]["token_type_ids"] for i in b])
+                out = teacher(input_ids=ids, attention_mask=mask, token_type_ids=types)
+                for j, i in enumerate(b):
+                    n = len(feats[i]["input_ids"])
+                    for key, logits in (("teacher_start", out.start_logits), ("teacher_end", out.end_logits)):
+                        x = logits[j, :n].float() / len(folders)
+                        feats[i][key] = x if k == 0 else feats[i][key] + x
+        print(f"  teacher {folder or 'shipped'}: {time.time() - started:.0f}s", flush=True)
+
+
 def train_top(model, feats: list[dict], frozen: int, epochs: int, lr: float, batch: int, seed: int, label: str = "", probe=None, probes: int = 4,
-              all_spans: bool = False, averages: dict[float, dict] | None = None) -> list[dict]:
+              all_spans: bool = False, averages: dict[float, dict] | None = None, distill: float = 0.0, temperature: float = 2.0) -> list[dict]:
     """Trains in place; `probe()` is measured `probes` times in the first epoch and after each later one (a learning curve).
     `averages` maps decays to empty dicts that are filled with the exponential moving averages of the
     trained weights (a cheap ensemble of the run's last steps, with the usual warm-up of the decay).
+    With `distill` > 0, that share of the loss is the KL divergence to teachers' start and end
+    distributions (`teacher_start`/`teacher_end` of each window, softened by `temperature`).
     With `all_spans`, a window's target is any gold answer's start and any gold answer's end (SQuAD's
     answers differ mostly in where they stop), not only the first answer's."""
     import torch
@@ -333,6 +368,10 @@ def train_top(model, feats: list[dict], frozen: int, epochs: int, lr: float, bat
                 ys = torch.tensor([feats[i]["start"] for i in b])
                 ye = torch.tensor([feats[i]["end"] for i in b])
                 loss = (loss_fn(start, ys) + loss_fn(end, ye)) / 2
+            if distill:
+                soft = (_distill_loss(start, [feats[i]["teacher_start"] for i in b], temperature)
+                        + _distill_loss(end, [feats[i]["teacher_end"] for i in b], temperature)) / 2
+                loss = (1 - distill) * loss + distill * soft
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -472,8 +511,12 @@ def cmd_train(args) -> None:
 
     decays = sorted({args.average, *args.also_average} - {0.0})
     averages: dict[float, dict] = {d: {} for d in decays}
+    teachers = [("" if t == "shipped" else t) for t in args.teachers.split(",")] if args.teachers else []
+    if teachers:
+        teacher_logits(teachers, feats)
     steps_curve = train_top(model, feats, args.frozen, args.epochs, args.lr, args.batch, args.seed, label="all", probe=probe,
-                            all_spans=args.all_spans, averages=averages)
+                            all_spans=args.all_spans, averages=averages, distill=args.distill if teachers else 0.0,
+                            temperature=args.temperature)
     final = {"fraction": 1.0, "questions": len(train), "windows": len(feats), "train_s": round(time.time() - t),
              "squad_gold_paragraph": eval_cached(model, args.frozen, h_feats["squad"], held_squad),
              "rtqa_gold_paragraph": eval_cached(model, args.frozen, h_feats["rtqa"], held_rtqa)}
@@ -493,6 +536,7 @@ def cmd_train(args) -> None:
         "max_len": MAX_LEN, "stride": STRIDE, "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "batch": args.batch,
         "held_out_titles": list(HELD_OUT_TITLES), "rtqa_held_out": "md5(question id) % 5 == 0",
         "all_gold_spans": args.all_spans, "train_questions": len(train), "synthetic_questions": args.synthetic, "train_windows": len(feats), "negative_fraction": NEGATIVE_FRACTION,
+        "teachers": teachers or None, "distill": args.distill if teachers else None, "temperature": args.temperature if teachers else None,
         "average_decay": args.average or None, "learning_curve": curve, "learning_curve_within_run": steps_curve,
         **({"averaged": averaged} if averaged else {}), "wall_s": round(time.time() - started),
     }
@@ -593,6 +637,9 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--all-spans", action="store_true", help="target any gold answer's start and end, not only the first's")
     t.add_argument("--average", type=float, default=0.0, help="ship the moving average of the weights with this decay (e.g. 0.995), not the last step's")
     t.add_argument("--also-average", type=float, nargs="*", default=[], help="also measure averages with these decays")
+    t.add_argument("--teachers", default="", help="distil from these trained readers (comma-separated folders, 'shipped'), their logits averaged")
+    t.add_argument("--distill", type=float, default=0.5, help="with --teachers: the share of the loss that follows them")
+    t.add_argument("--temperature", type=float, default=2.0, help="with --teachers: how much their distributions are softened")
     t.add_argument("--curve", default="", help="also train on these fractions, e.g. 0.25,0.5")
     e = sub.add_parser("eval")
     e.add_argument("--data", default=str(DATA))

@@ -250,3 +250,33 @@ def test_training_averages_the_weights_of_its_last_steps(tiny_model):
         assert torch.allclose(averages[0.999][n], (w1[n] + w2[n] + w3[n]) / 3, atol=1e-6)  # the decay has not taken over
         assert torch.allclose(averages[0.5][n], 0.25 * w1[n] + 0.25 * w2[n] + 0.5 * w3[n], atol=1e-6)
     assert not torch.allclose(w3["qa_outputs.weight"], averages[0.5]["qa_outputs.weight"])
+
+
+def test_distillation_follows_the_teachers_mean(tiny_model, tmp_path):
+    """`train --teachers A,B`: each window gets the teachers' mean logits, and the soft loss is zero
+    exactly when the student's distribution over the window's real tokens is theirs."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from qa.train_reader import _distill_loss, featurize, teacher_logits, torch_finfo_min
+
+    second = make_tiny_model(tmp_path / "second", seed=1)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    examples = [{"question": "Who won?", "context": "Team 3 won the game in Denver." * (1 + i), "start": 0, "text": "Team 3"} for i in range(3)]
+    feats = featurize(tokenizer, examples)
+    teacher_logits([str(tiny_model), str(second)], feats)
+    f = feats[2]
+    ids = torch.tensor([f["input_ids"]])
+    types = torch.tensor([f["token_type_ids"]])
+    outs = [load_qa_model(folder)[0](input_ids=ids, token_type_ids=types) for folder in (tiny_model, second)]
+    assert f["teacher_start"].shape == (len(f["input_ids"]),)
+    assert torch.allclose(f["teacher_start"], (outs[0].start_logits[0] + outs[1].start_logits[0]) / 2, atol=1e-4)
+    assert torch.allclose(f["teacher_end"], (outs[0].end_logits[0] + outs[1].end_logits[0]) / 2, atol=1e-4)
+
+    short, long = feats[0]["teacher_start"], feats[2]["teacher_start"]
+    student = torch.full((2, len(long)), torch_finfo_min(long))
+    student[0, : len(short)] = short + 5.0  # the same distribution: a constant shift changes nothing
+    student[1] = long
+    assert _distill_loss(student, [short, long], 2.0).abs() < 1e-5
+    student[1, 1] += 3.0
+    assert _distill_loss(student, [short, long], 2.0) > 1e-3
