@@ -1,6 +1,7 @@
 """`make train-reader`: train the span reader shipped in qa/reader_weights/, and measure it.
 
     python -m qa.train_reader train [--epochs 3] [--frozen 0] [--limit N] [--curve 0.25,0.5]
+                                    [--teachers shipped,DIR,...] [--average 0.99]
     python -m qa.train_reader eval --reader span|sentence --mode gold|open --set squad|rtqa [--limit N]
 
 Data (../shared/data, never committed):
