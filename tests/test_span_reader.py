@@ -217,20 +217,29 @@ def test_training_windows_target_every_gold_answer():
     assert _marginal_nll(logits, [[4, 5], [0], [7]]) < single  # more allowed positions, more mass
 
 
-def test_training_averages_the_weights_of_its_last_steps(tiny_model):
-    """`train --average D`: a plain mean of the weights after each step until the decay takes over, then an
-    exponential moving average; only trained weights are averaged."""
-    import torch
+def tiny_training(tiny_model, frozen: int):
+    """The tiny model and six cached training windows ("Who won game 3?" -> "team 3")."""
     from transformers import AutoTokenizer, BertForQuestionAnswering
 
-    from qa.train_reader import cache_lower, featurize, train_top
+    from qa.train_reader import cache_lower, featurize
 
     model = BertForQuestionAnswering.from_pretrained(tiny_model)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     examples = [{"question": f"Who won game {i}?", "context": f"Game {i} was won by team {i} in Denver.", "start": 20, "text": f"team {i}"}
                 for i in range(6)]
     feats = featurize(tokenizer, examples)
-    cache_lower(model, feats, frozen=1)
+    cache_lower(model, feats, frozen=frozen)
+    return model, feats
+
+
+def test_training_averages_the_weights_of_its_last_steps(tiny_model):
+    """`train --average D`: a plain mean of the weights after each step until the decay takes over, then an
+    exponential moving average; only trained weights are averaged."""
+    import torch
+
+    from qa.train_reader import train_top
+
+    model, feats = tiny_training(tiny_model, frozen=1)
     snapshots: list[dict] = []
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -280,3 +289,29 @@ def test_distillation_follows_the_teachers_mean(tiny_model, tmp_path):
     assert _distill_loss(student, [short, long], 2.0).abs() < 1e-5
     student[1, 1] += 3.0
     assert _distill_loss(student, [short, long], 2.0) > 1e-3
+
+
+def test_the_span_head_learns_at_its_own_rate(tiny_model):
+    """`train --head-lr 10`: at every step the new head's learning rate is ten times the layers' (warm-up and decay included)."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from qa.train_reader import train_top
+
+    model, feats = tiny_training(tiny_model, frozen=0)
+    head = {id(p) for p in model.qa_outputs.parameters()}
+    layers = {id(p) for p in model.bert.encoder.layer.parameters()}
+    steps: list[tuple[set, set]] = []
+
+    def rates(opt, *_):
+        steps.append(({g["lr"] for g in opt.param_groups if {id(p) for p in g["params"]} <= head},
+                      {g["lr"] for g in opt.param_groups if {id(p) for p in g["params"]} <= layers}))
+
+    hook = register_optimizer_step_pre_hook(rates)
+    try:
+        train_top(model, feats, frozen=0, epochs=2, lr=1e-3, batch=2, seed=0, head_lr=10.0)
+    finally:
+        hook.remove()
+    assert len(steps) == 6
+    assert len({lr for _, (lr,) in steps}) > 1  # the schedule moves the rate
+    for (head_lr,), (layer_lr,) in steps:
+        assert head_lr == pytest.approx(10 * layer_lr)
