@@ -85,6 +85,9 @@ class Config:
     #: Model input length and window overlap (tokens) for contexts longer than that.
     span_max_len: int = 256
     span_stride: int = 64
+    #: The span reader's weights on the ONNX backends: "int8" (quantised with the embedder under
+    #: "onnx-int8") or "float" (fp32 whatever the embedder's backend).
+    reader_precision: str = "int8"
     #: A span is withheld unless its logit beats the no-answer logit by more than this.
     span_null_margin: float = 0.0
     #: A span's logit loses this times how far its passage's fused retrieval score is below the

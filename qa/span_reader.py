@@ -43,6 +43,8 @@ from qa.store import PassageRow
 WEIGHTS = Path(__file__).resolve().parent / "reader_weights"
 META_FILE = "reader.json"
 TOP_FILE = "top_layers.safetensors"
+#: `Config.reader_precision`: the ONNX reader's weights quantised with the embedder's, or kept in fp32.
+PRECISIONS = ("int8", "float")
 
 _torch_lock = threading.Lock()
 log = logging.getLogger(__name__)
@@ -279,6 +281,8 @@ class _Context:
 
 class SpanReader:
     def __init__(self, config: Config, model=None, tokenizer=None) -> None:
+        if config.reader_precision not in PRECISIONS:
+            raise ValueError(f"reader precision {config.reader_precision!r} is not one of {', '.join(PRECISIONS)}")
         self.config = config
         self.why_reader = SentenceReader(config)
         if model is not None:
@@ -318,7 +322,7 @@ class SpanReader:
         sources = _sources(name)
         if self.config.backend.startswith("onnx") and sources:
             try:
-                return onnx_logits(model, sources, self.config.cache, quantize=self.config.backend == "onnx-int8")
+                return onnx_logits(model, sources, self.config.cache, quantize=self.config.backend == "onnx-int8" and self.config.reader_precision == "int8")
             except Exception as exc:  # noqa: BLE001 - any exporter failure: the torch model still reads
                 log.warning("span reader stays on torch: ONNX export failed (%s)", exc)
         return TorchLogits(model, self.config.reader_threads)

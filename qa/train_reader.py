@@ -561,8 +561,27 @@ def held_out_questions(which: str, data: Path = DATA) -> tuple[Path, list[dict]]
     return data / name / "paragraphs.jsonl", questions
 
 
+def unanswerable(paragraphs_path: Path, questions: list[dict]) -> list[dict]:
+    """Each question again, asked of another paragraph of its article that holds none of its answers
+    (SQuAD 2's hard negatives): in gold mode the right reply is no answer."""
+    rng = random.Random(SEED)
+    by_title: dict[str, list[dict]] = {}
+    paragraphs = read_jsonl(paragraphs_path)
+    for p in paragraphs:
+        by_title.setdefault(p.get("title") or p["id"], []).append(p)
+    title = {p["id"]: p.get("title") or p["id"] for p in paragraphs}
+    out = []
+    for q in questions:
+        gold = [a["text"] for a in q["answers"]]
+        others = [p for p in by_title[title[q["context_id"]]] if p["id"] != q["context_id"] and not any(g in p["context"] for g in gold)]
+        if others:
+            out.append({**q, "id": f"{q['id']}-elsewhere", "context_id": rng.choice(others)["id"], "answers": [], "is_impossible": True})
+    return out
+
+
 def evaluate_reader(config: Config, paragraphs_path: Path, questions: list[dict], mode: str, reader) -> dict:
-    """`qa eval`'s loop with a given reader: EM/F1 of the top answer, no-answer rate, latency."""
+    """`qa eval`'s loop with a given reader: EM/F1 of the top answer, no-answer rate, latency. Questions
+    marked `is_impossible` count apart: their share answered "no answer" (SQuAD 2's no-answer accuracy)."""
     import torch
 
     from qa.embedding import Embedder
@@ -579,7 +598,7 @@ def evaluate_reader(config: Config, paragraphs_path: Path, questions: list[dict]
     pipeline = Pipeline(cfg, embedder, reader=reader)
     pipeline.ask("warm up")
     em = f1 = 0.0
-    empty = 0
+    empty = impossible = abstained = 0
     latencies, by_kind = [], {}
     for q in questions:
         gold = [a["text"] for a in q["answers"]]
@@ -588,6 +607,10 @@ def evaluate_reader(config: Config, paragraphs_path: Path, questions: list[dict]
         result = pipeline.ask(q["question"], top_k=20, filters=filters)
         latencies.append((time.perf_counter() - t) * 1000)
         pred = result.answers[0].text if result.answers else ""
+        if q.get("is_impossible"):
+            impossible += 1
+            abstained += not result.answers
+            continue
         empty += not result.answers
         e, f = exact_match(pred, gold), f1_score(pred, gold)
         em += e
@@ -596,10 +619,12 @@ def evaluate_reader(config: Config, paragraphs_path: Path, questions: list[dict]
         k = by_kind.setdefault(kind, [0, 0.0])
         k[0] += 1
         k[1] += f
-    n = max(1, len(questions))
+    n = max(1, len(questions) - impossible)
     return {
-        "questions": len(questions), "mode": mode, "em": round(em / n, 4), "f1": round(f1 / n, 4),
+        "questions": len(questions) - impossible, "mode": mode, "em": round(em / n, 4), "f1": round(f1 / n, 4),
         "no_answer_rate": round(empty / n, 4),
+        **({"unanswerable": impossible, "no_answer_accuracy": round(abstained / impossible, 4),
+            "squad2_f1": round((f1 + abstained) / (n + impossible), 4)} if impossible else {}),
         "f1_by_kind": {k: {"n": v[0], "f1": round(v[1] / v[0], 4)} for k, v in by_kind.items()},
         "latency_ms_p50": round(float(np.percentile(latencies, 50)), 1),
         "latency_ms_p95": round(float(np.percentile(latencies, 95)), 1),
@@ -620,6 +645,10 @@ def cmd_eval(args) -> None:
         questions = [q for q in questions if q["context_id"] in keep]
     if args.limit:
         questions = random.Random(SEED).sample(questions, min(args.limit, len(questions)))
+    if args.unanswerable:
+        if args.mode != "gold":
+            raise SystemExit("--unanswerable needs --mode gold: the question is asked of a paragraph without its answer")
+        questions = questions + unanswerable(paragraphs, questions)
     reader = SpanReader(config) if args.reader == "span" else SentenceReader(config)
     m = evaluate_reader(config, paragraphs, questions, args.mode, reader)
     m.update({"reader": args.reader, "set": args.set, **({"titles": args.titles} if args.titles else {}), **overrides})
@@ -656,6 +685,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--set", choices=("squad", "rtqa"), default="squad")
     e.add_argument("--limit", type=int, default=0)
     e.add_argument("--titles", default="", help="only the held-out questions of these articles (comma-separated)")
+    e.add_argument("--unanswerable", action="store_true", help="also ask each question of another paragraph of its article (SQuAD 2 style)")
     e.add_argument("--context-tokens", type=int)
     e.add_argument("--max-tokens", type=int)
     e.add_argument("--null-margin", type=float)

@@ -91,11 +91,11 @@ def test_spans_pay_for_a_weaker_passage(tiny_model, sample_index, embedder, tmp_
     _check_answers(weighted, sample_index)
 
 
-@pytest.mark.parametrize("backend, tolerance", [("onnx", 1e-3), ("onnx-int8", 0.35)])
-def test_onnx_reader_gives_torch_logits(tiny_model, tmp_path, backend, tolerance):
+@pytest.mark.parametrize("backend, precision, tolerance", [("onnx", "int8", 1e-3), ("onnx-int8", "int8", 0.35), ("onnx-int8", "float", 1e-3)])
+def test_onnx_reader_gives_torch_logits(tiny_model, tmp_path, backend, precision, tolerance):
     import numpy as np
 
-    cfg = Config().replace(reader_model=str(tiny_model), backend=backend, cache=tmp_path)
+    cfg = Config().replace(reader_model=str(tiny_model), backend=backend, reader_precision=precision, cache=tmp_path)
     reader = SpanReader(cfg)
     enc = encode(reader.tokenizer, "What chips?", ["Inspur would use IBM's Power8 chips.", "A second, longer context here."], 64, 16)
     inputs = {k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -104,6 +104,11 @@ def test_onnx_reader_gives_torch_logits(tiny_model, tmp_path, backend, tolerance
     assert isinstance(reader.logits, OnnxLogits)
     for a, b in zip(fast, slow):
         assert a.shape == b.shape and np.abs(a - b).max() <= tolerance
+
+
+def test_an_unknown_reader_precision_is_refused():
+    with pytest.raises(ValueError, match="precision 'fp8'"):
+        SpanReader(Config().replace(reader_precision="fp8"))
 
 
 def test_an_ensemble_reads_the_mean_of_its_members_logits(tiny_model, sample_index, embedder, tmp_path):
@@ -315,3 +320,26 @@ def test_the_span_head_learns_at_its_own_rate(tiny_model):
     assert len({lr for _, (lr,) in steps}) > 1  # the schedule moves the rate
     for (head_lr,), (layer_lr,) in steps:
         assert head_lr == pytest.approx(10 * layer_lr)
+
+
+def test_unanswerable_questions_go_to_a_paragraph_of_their_article_without_the_answer(tmp_path):
+    import json
+
+    from qa.train_reader import unanswerable
+
+    paragraphs = [
+        {"id": "a1", "title": "Cats", "context": "The cat sat on the mat."},
+        *({"id": f"a2{k}", "title": "Cats", "context": f"The mat number {k} was red, and the cat lay on it."} for k in range(5)),
+        {"id": "a3", "title": "Cats", "context": "Dogs bark at cats."},
+        {"id": "b1", "title": "Boats", "context": "The boat was blue."},
+    ]
+    path = tmp_path / "paragraphs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in paragraphs))
+    questions = [
+        *({"id": f"q1{k}", "question": "Where did the cat sit?", "context_id": "a1", "answers": [{"text": "mat", "answer_start": 19}]} for k in range(3)),
+        {"id": "q2", "question": "What colour was the boat?", "context_id": "b1", "answers": [{"text": "blue", "answer_start": 13}]},
+    ]
+    out = unanswerable(path, questions)
+    # the a2 paragraphs hold the answer and b1 has no other paragraph in its article: a3 is the one hard negative
+    assert [(q["id"], q["context_id"], q["answers"], q["is_impossible"]) for q in out] == [(f"q1{k}-elsewhere", "a3", [], True) for k in range(3)]
+    assert questions[0]["context_id"] == "a1"  # the answerable questions are left as they were
