@@ -3,6 +3,7 @@
     python -m qa.train_reader train [--epochs 3] [--frozen 0] [--limit N] [--curve 0.25,0.5]
                                     [--teachers shipped,DIR,...] [--average 0.99]
     python -m qa.train_reader eval --reader span|sentence --mode gold|open --set squad|rtqa [--limit N]
+                                   [--titles A,B] [--unanswerable]
 
 Data (../shared/data, never committed):
 - squad11_dev13 split BY ARTICLE: the articles in HELD_OUT_TITLES are never trained on;
