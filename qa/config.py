@@ -102,6 +102,11 @@ class Config:
     reader_weight_cosine: float = 0.45
     reader_weight_overlap: float = 0.25
     reader_weight_passage: float = 0.3
+    #: The span reader's choice of sentences to read, the same three terms with its own weights
+    #: (its overlap is the plain share of the question's stemmed words).
+    span_weight_cosine: float = 0.55
+    span_weight_overlap: float = 0.3
+    span_weight_passage: float = 0.15
 
     # Service.
     host: str = "127.0.0.1"

@@ -344,6 +344,7 @@ class SpanReader:
         vectors = np.vstack([index.sentence_vectors.reconstruct(int(i)) for i in ids])
         cosines = vectors @ question_vector
         q_stems = {stem(t) for t in query_terms(question)}
+        cfg = self.config
         texts, cands = [], []  # (score, passage id, sentence index)
         k = 0
         for h in hits:
@@ -352,7 +353,8 @@ class SpanReader:
                 text = row.text[s.start : s.end]
                 words = {stem(w) for w in re.findall(r"\w+", text)}
                 overlap = len(q_stems & words) / len(q_stems) if q_stems else 0.0
-                cands.append((0.55 * float(cosines[k]) + 0.3 * overlap + 0.15 * h.score, h.passage_id, j))
+                score = cfg.span_weight_cosine * float(cosines[k]) + cfg.span_weight_overlap * overlap + cfg.span_weight_passage * h.score
+                cands.append((score, h.passage_id, j))
                 texts.append(text)
                 k += 1
         lengths = token_lengths(self.tokenizer, texts)

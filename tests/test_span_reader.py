@@ -343,3 +343,25 @@ def test_unanswerable_questions_go_to_a_paragraph_of_their_article_without_the_a
     # the a2 paragraphs hold the answer and b1 has no other paragraph in its article: a3 is the one hard negative
     assert [(q["id"], q["context_id"], q["answers"], q["is_impossible"]) for q in out] == [(f"q1{k}-elsewhere", "a3", [], True) for k in range(3)]
     assert questions[0]["context_id"] == "a1"  # the answerable questions are left as they were
+
+
+def test_the_sentences_read_follow_the_configured_weights(tiny_model, sample_index, embedder, tmp_path):
+    """With a one-token budget the reader reads the single best sentence: by cosine, by the question's
+    words, or the best passage's first, as `span_weight_*` say."""
+    question = "What chips would Inspur use?"
+    chosen = {}
+    for name, (cosine, overlap, passage) in {"cosine": (1.0, 0.0, 0.0), "overlap": (0.0, 1.0, 0.0), "passage": (0.0, 0.0, 1.0)}.items():
+        cfg = sample_index.replace(reader_model=str(tiny_model), cache=tmp_path, span_context_tokens=1,
+                                   span_weight_cosine=cosine, span_weight_overlap=overlap, span_weight_passage=passage)
+        pipeline = Pipeline(cfg, embedder, reader=SpanReader(cfg))
+        index = pipeline.index()
+        vector = embedder.embed([question])[0]
+        hits = pipeline.retriever.retrieve(index, vector, question, cfg.read_passages, None)
+        rows = index.store.passages([h.passage_id for h in hits])
+        [context] = pipeline.reader.contexts(question, vector, index, hits, rows)
+        chosen[name] = (context.row.id, context.row.text[context.start : context.end])
+        if name == "passage":  # every sentence of the best passage ties; the first is read
+            best = rows[hits[0].passage_id]
+            assert context.row.id == best.id and context.start == context.sentences[0][0]
+    assert "chips" in chosen["overlap"][1] and "Inspur" in chosen["overlap"][1]
+    assert len(set(chosen.values())) > 1
