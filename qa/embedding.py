@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable
 from functools import cached_property
@@ -236,15 +237,18 @@ def files_key(*paths: Path) -> str:
     return key.hexdigest()[:16]
 
 
-def cached_onnx(target: Path, quantize: bool, export: Callable[[Path], None]) -> Path:
+def cached_onnx(target: Path, quantize: bool, export: Callable[[Path], None], keep_float: str = "") -> Path:
     """`target`/model.onnx, made by `export` on first use, and with `quantize` its dynamic int8 twin.
 
+    `keep_float`, a regular expression, names the MatMul nodes the int8 twin leaves in fp32 (where
+    int8 rounding of outlying activations costs accuracy); it is part of the twin's file name.
     A lock and atomic renames keep concurrent processes from seeing half-written files, so export
     happens once per machine (and offline: it only reads local weights).
     """
     from filelock import FileLock
 
-    fp32, int8 = target / "model.onnx", target / "model-int8.onnx"
+    tag = f"-{hashlib.sha256(keep_float.encode()).hexdigest()[:8]}" if keep_float else ""
+    fp32, int8 = target / "model.onnx", target / f"model-int8{tag}.onnx"
     wanted = int8 if quantize else fp32
     if wanted.exists():
         return wanted
@@ -255,10 +259,14 @@ def cached_onnx(target: Path, quantize: bool, export: Callable[[Path], None]) ->
             export(tmp)
             os.replace(tmp, fp32)
         if quantize and not int8.exists():
+            import onnx
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
+            graph = onnx.load(str(fp32), load_external_data=False).graph
+            floats = [n.name for n in graph.node if keep_float and n.op_type == "MatMul" and re.search(keep_float, n.name)]
             tmp = int8.with_suffix(f".tmp{os.getpid()}")
-            quantize_dynamic(fp32, tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+            quantize_dynamic(fp32, tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+                             nodes_to_exclude=floats)
             os.replace(tmp, int8)
     return wanted
 

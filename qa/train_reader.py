@@ -193,6 +193,17 @@ def synthetic_examples(n: int, rng: random.Random, data: Path = DATA) -> list[di
 # --------------------------------------------------------------------------------------- model
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX). There, bf16 autocast
+    trained the shipped recipe 1.34x faster (1,848 s against 2,481 s on the 2-core machine) to the
+    same held-out F1 (whole gold paragraph 0.5995 against 0.599); elsewhere bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
 def base_model(seed: int = SEED):
     import torch
     from transformers import AutoTokenizer, BertForQuestionAnswering
@@ -334,7 +345,7 @@ def teacher_logits(folders: list[str], feats: list[dict], batch: int = 64) -> No
 
 def train_top(model, feats: list[dict], frozen: int, epochs: int, lr: float, batch: int, seed: int, label: str = "", probe=None, probes: int = 4,
               all_spans: bool = False, averages: dict[float, dict] | None = None, distill: float = 0.0, temperature: float = 2.0,
-              head_lr: float = 1.0) -> list[dict]:
+              head_lr: float = 1.0, bf16: bool = False) -> list[dict]:
     """Trains in place; `probe()` is measured `probes` times in the first epoch and after each later one (a learning curve).
     `averages` maps decays to empty dicts that are filled with the exponential moving averages of the
     trained weights (a cheap ensemble of the run's last steps, with the usual warm-up of the decay).
@@ -342,7 +353,9 @@ def train_top(model, feats: list[dict], frozen: int, epochs: int, lr: float, bat
     distributions (`teacher_start`/`teacher_end` of each window, softened by `temperature`).
     With `all_spans`, a window's target is any gold answer's start and any gold answer's end (SQuAD's
     answers differ mostly in where they stop), not only the first answer's.
-    The span head, new and small, learns at `head_lr` times the layers' rate."""
+    The span head, new and small, learns at `head_lr` times the layers' rate.
+    With `bf16`, the forward pass runs under bfloat16 autocast (the weights, the optimiser and the
+    loss stay fp32)."""
     import torch
 
     torch.manual_seed(seed)
@@ -369,7 +382,9 @@ def train_top(model, feats: list[dict], frozen: int, epochs: int, lr: float, bat
         total = 0.0
         for b in _batches(feats, batch, rng):
             h, mask = _stack_hidden(feats, b)
-            start, end = top_forward(model, frozen, h, mask)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                start, end = top_forward(model, frozen, h, mask)
+            start, end = start.float(), end.float()
             if all_spans:
                 loss = (_marginal_nll(start, [feats[i]["starts"] for i in b]) + _marginal_nll(end, [feats[i]["ends"] for i in b])) / 2
             else:
@@ -456,6 +471,8 @@ def cmd_train(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16())
+    print(f"training in {'bf16 autocast' if bf16 else 'fp32'}", flush=True)
     random.seed(args.seed)
     np.random.seed(args.seed)
     started = time.time()
@@ -499,7 +516,7 @@ def cmd_train(args) -> None:
         sub = [f for f in feats if f["question"] in keep_ids]
         model.load_state_dict(initial)
         t = time.time()
-        train_top(model, sub, args.frozen, args.epochs, args.lr, args.batch, args.seed, label=f"{frac:.2f}", all_spans=args.all_spans, head_lr=args.head_lr)
+        train_top(model, sub, args.frozen, args.epochs, args.lr, args.batch, args.seed, label=f"{frac:.2f}", all_spans=args.all_spans, head_lr=args.head_lr, bf16=bf16)
         point = {"fraction": frac, "questions": len(keep_ids), "windows": len(sub), "train_s": round(time.time() - t),
                  "squad_gold_paragraph": eval_cached(model, args.frozen, h_feats["squad"], held_squad),
                  "rtqa_gold_paragraph": eval_cached(model, args.frozen, h_feats["rtqa"], held_rtqa)}
@@ -524,7 +541,7 @@ def cmd_train(args) -> None:
         teacher_logits(teachers, feats)
     steps_curve = train_top(model, feats, args.frozen, args.epochs, args.lr, args.batch, args.seed, label="all", probe=probe,
                             all_spans=args.all_spans, averages=averages, distill=args.distill if teachers else 0.0,
-                            temperature=args.temperature, head_lr=args.head_lr)
+                            temperature=args.temperature, head_lr=args.head_lr, bf16=bf16)
     final = {"fraction": 1.0, "questions": len(train), "windows": len(feats), "train_s": round(time.time() - t),
              "squad_gold_paragraph": eval_cached(model, args.frozen, h_feats["squad"], held_squad),
              "rtqa_gold_paragraph": eval_cached(model, args.frozen, h_feats["rtqa"], held_rtqa)}
@@ -541,7 +558,7 @@ def cmd_train(args) -> None:
     model.load_state_dict({**last, **averages.get(args.average, {})})
     meta = {
         "base_model": DEFAULT_MODEL, "architecture": "BertForQuestionAnswering", "frozen_layers": args.frozen,
-        "max_len": MAX_LEN, "stride": STRIDE, "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "head_lr": args.head_lr, "batch": args.batch,
+        "max_len": MAX_LEN, "stride": STRIDE, "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "head_lr": args.head_lr, "batch": args.batch, "precision": "bf16" if bf16 else "fp32",
         "held_out_titles": list(HELD_OUT_TITLES), "rtqa_held_out": "md5(question id) % 5 == 0",
         "all_gold_spans": args.all_spans, "train_questions": len(train), "synthetic_questions": args.synthetic, "train_windows": len(feats), "negative_fraction": NEGATIVE_FRACTION,
         "teachers": teachers or None, "distill": args.distill if teachers else None, "temperature": args.temperature if teachers else None,
@@ -667,6 +684,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--head-lr", type=float, default=10.0, help="the span head's learning rate, as a multiple of --lr")
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="bf16 autocast or fp32; auto: bf16 where the CPU has native bf16 (AVX-512 BF16, AMX)")
     t.add_argument("--seed", type=int, default=SEED, help="training order, negatives, synthetic questions, head init (the held-out split does not move)")
     t.add_argument("--frozen", type=int, default=FROZEN_LAYERS, help="lower layers kept as they are (outputs cached)")
     t.add_argument("--limit", type=int, default=0, help="train on the first N (shuffled) questions")

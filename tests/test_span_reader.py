@@ -6,7 +6,7 @@ import pytest
 
 from qa.config import Config
 from qa.pipeline import Pipeline
-from qa.span_reader import WEIGHTS, MeanLogits, OnnxLogits, SpanReader, TorchLogits, best_spans, encode, load_qa_model, member_names
+from qa.span_reader import FLOAT_MATMULS, WEIGHTS, MeanLogits, OnnxLogits, SpanReader, TorchLogits, best_spans, encode, load_qa_model, member_names
 from tests.conftest import IBM_QUESTION
 
 shipped = pytest.mark.skipif(not (WEIGHTS / "reader.json").exists(), reason="no trained reader in qa/reader_weights")
@@ -104,6 +104,21 @@ def test_onnx_reader_gives_torch_logits(tiny_model, tmp_path, backend, precision
     assert isinstance(reader.logits, OnnxLogits)
     for a, b in zip(fast, slow):
         assert a.shape == b.shape and np.abs(a - b).max() <= tolerance
+
+
+def test_the_int8_reader_keeps_its_feed_forward_outputs_in_float(tiny_model, tmp_path):
+    """Those projections' outlying inputs are where int8 cost held-out F1; the rest is quantised."""
+    import re
+
+    import onnx
+
+    reader = SpanReader(Config().replace(reader_model=str(tiny_model), backend="onnx-int8", cache=tmp_path))
+    assert isinstance(reader.logits, OnnxLogits)
+    [path] = (tmp_path / "onnx").glob("reader-*/model-int8-*.onnx")
+    nodes = onnx.load(str(path)).graph.node
+    floats = [n.name for n in nodes if n.op_type == "MatMul" and re.search(FLOAT_MATMULS, n.name)]
+    assert len(floats) == reader.model.config.num_hidden_layers
+    assert sum(n.op_type == "MatMulInteger" for n in nodes) == 5 * reader.model.config.num_hidden_layers + 1  # q, k, v, attention out, up; the head
 
 
 def test_an_unknown_reader_precision_is_refused():
@@ -320,6 +335,26 @@ def test_the_span_head_learns_at_its_own_rate(tiny_model):
     assert len({lr for _, (lr,) in steps}) > 1  # the schedule moves the rate
     for (head_lr,), (layer_lr,) in steps:
         assert head_lr == pytest.approx(10 * layer_lr)
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_bf16_training_computes_in_bf16_and_keeps_fp32_weights(tiny_model, bf16):
+    """`train --precision bf16`: the forward pass runs in bfloat16; the weights it updates stay fp32."""
+    import torch
+
+    from qa.train_reader import train_top
+
+    model, feats = tiny_training(tiny_model, frozen=0)
+    seen: list = []
+    hook = model.qa_outputs.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    before = model.qa_outputs.weight.detach().clone()
+    try:
+        train_top(model, feats, frozen=0, epochs=1, lr=1e-2, batch=2, seed=0, bf16=bf16)
+    finally:
+        hook.remove()
+    assert set(seen) == {torch.bfloat16 if bf16 else torch.float32}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not torch.equal(before, model.qa_outputs.weight)
 
 
 def test_unanswerable_questions_go_to_a_paragraph_of_their_article_without_the_answer(tmp_path):
