@@ -337,6 +337,32 @@ def test_the_span_head_learns_at_its_own_rate(tiny_model):
         assert head_lr == pytest.approx(10 * layer_lr)
 
 
+def test_layer_decay_slows_each_lower_layer(tiny_model):
+    """`train --layer-decay 0.5`: each layer learns at half the rate of the one above it, at every step;
+    the head keeps its own multiple of the top layer's rate."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from qa.train_reader import train_top
+
+    model, feats = tiny_training(tiny_model, frozen=0)
+    layers = [{id(p) for p in layer.parameters()} for layer in model.bert.encoder.layer]
+    head = {id(p) for p in model.qa_outputs.parameters()}
+    steps: list[list[float]] = []
+
+    def rates(opt, *_):
+        by_group = {frozenset(id(p) for p in g["params"]): g["lr"] for g in opt.param_groups}
+        steps.append([by_group[frozenset(ids)] for ids in layers] + [by_group[frozenset(head)]])
+
+    hook = register_optimizer_step_pre_hook(rates)
+    try:
+        train_top(model, feats, frozen=0, epochs=1, lr=1e-3, batch=2, seed=0, head_lr=4.0, layer_decay=0.5)
+    finally:
+        hook.remove()
+    assert len(steps) == 3 and len(layers) == 2
+    for lower, top, head_lr in steps:
+        assert lower == pytest.approx(0.5 * top) and head_lr == pytest.approx(4 * top)
+
+
 @pytest.mark.parametrize("bf16", [True, False])
 def test_bf16_training_computes_in_bf16_and_keeps_fp32_weights(tiny_model, bf16):
     """`train --precision bf16`: the forward pass runs in bfloat16; the weights it updates stay fp32."""
