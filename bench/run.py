@@ -37,8 +37,12 @@ PARTS = ("build", "incremental", "query", "ann", "http", "txtai")
 
 def pct(values: list[float]) -> dict:
     a = np.asarray(values)
-    return {"p50": round(float(np.percentile(a, 50)), 2), "p95": round(float(np.percentile(a, 95)), 2),
-            "p99": round(float(np.percentile(a, 99)), 2), "n": len(values)}
+    return {
+        "p50": round(float(np.percentile(a, 50)), 2),
+        "p95": round(float(np.percentile(a, 95)), 2),
+        "p99": round(float(np.percentile(a, 99)), 2),
+        "n": len(values),
+    }
 
 
 def du_mb(path: Path) -> float:
@@ -71,20 +75,29 @@ def child_build(corpus: str, index: str, backend: str) -> None:
     seconds = time.perf_counter() - started
     built = open_index(cfg)
     m = built.manifest
-    print(json.dumps({
-        "backend": backend, "seconds": round(seconds, 1), "documents": m.documents, "passages": m.passages,
-        "sentences": m.sentences, "passages_per_s": round(m.passages / seconds, 1),
-        "texts_per_s": round((m.passages + m.sentences) / seconds, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "index_mb": du_mb(built.path),  # the version just built, not the older ones kept beside it
-        "build_seconds_in_build_index": round(summary.seconds, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "backend": backend,
+                "seconds": round(seconds, 1),
+                "documents": m.documents,
+                "passages": m.passages,
+                "sentences": m.sentences,
+                "passages_per_s": round(m.passages / seconds, 1),
+                "texts_per_s": round((m.passages + m.sentences) / seconds, 1),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "index_mb": du_mb(built.path),  # the version just built, not the older ones kept beside it
+                "build_seconds_in_build_index": round(summary.seconds, 1),
+            }
+        )
+    )
 
 
 def build(corpus: Path, index: Path, backend: str) -> dict:
     load_before = load()
-    out = subprocess.run([sys.executable, __file__, "--child-build", str(corpus), str(index), backend],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child-build", str(corpus), str(index), backend], capture_output=True, text=True, cwd=ROOT
+    )
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
     r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -113,9 +126,14 @@ def incremental(cfg: Config, embedder, records: list[dict], full_seconds: float,
     build_index(cfg, embedder, upserts=[], deletes=added)  # leave the index as it was
     removed_s = time.perf_counter() - started
     median = statistics.median(times)
-    return {"add_one_article_s": [round(t, 3) for t in times], "passages_of_each": sizes, "median_s": round(median, 3),
-            "remove_them_all_s": round(removed_s, 3),
-            "full_build_s": full_seconds, "full_over_incremental": round(full_seconds / median, 1) if median else None}
+    return {
+        "add_one_article_s": [round(t, 3) for t in times],
+        "passages_of_each": sizes,
+        "median_s": round(median, 3),
+        "remove_them_all_s": round(removed_s, 3),
+        "full_build_s": full_seconds,
+        "full_over_incremental": round(full_seconds / median, 1) if median else None,
+    }
 
 
 def query_latency(cfg: Config, embedder, qs: list[str]) -> dict:
@@ -138,22 +156,27 @@ def query_latency(cfg: Config, embedder, qs: list[str]) -> dict:
         t2 = time.perf_counter()
         embed.append((t1 - t0) * 1000)
         dense.append((t2 - t1) * 1000)
-    return {"ask_ms": pct(total), "embed_question_ms": pct(embed), "vector_search_ms": pct(dense),
-            "passages_approximate": index.passage_vectors.approximate,
-            "sentences_approximate": index.sentence_vectors.approximate}
+    return {
+        "ask_ms": pct(total),
+        "embed_question_ms": pct(embed),
+        "vector_search_ms": pct(dense),
+        "passages_approximate": index.passage_vectors.approximate,
+        "sentences_approximate": index.sentence_vectors.approximate,
+    }
 
 
 def ann_recall(cfg: Config, embedder, qs: list[str], efs=(64, 128, 256, 512)) -> dict:
     """recall@20 of the HNSW path against exact search, on this index's real vectors."""
     import faiss
 
-    from qa.index import VectorIndex, _all_vectors, open_index
+    from qa.index import VectorIndex, open_index
+    from qa.index.vectors import all_vectors
 
     index = open_index(cfg)
     q = embedder.embed(qs)
     out = {}
     for kind, vi in (("passages", index.passage_vectors), ("sentences", index.sentence_vectors)):
-        ids, x = _all_vectors(vi.base)
+        ids, x = all_vectors(vi.base)
         keep = ~np.isin(ids, vi.removed)
         ids, x = ids[keep], x[keep]
         if vi.delta.ntotal:
@@ -197,8 +220,26 @@ def http_load(cfg: Config, backend: str, qs: list[str], seconds: int, clients=(1
         port = s.getsockname()[1]
     env = {**os.environ, "QA_BACKEND": backend}
     log = open(cfg.index.parent / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "qa.cli", "serve", "--corpus", str(cfg.corpus), "--index", str(cfg.index),
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qa.cli",
+            "serve",
+            "--corpus",
+            str(cfg.corpus),
+            "--index",
+            str(cfg.index),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     out: dict = {}
     try:
         deadline = time.monotonic() + 180
@@ -216,13 +257,30 @@ def http_load(cfg: Config, backend: str, qs: list[str], seconds: int, clients=(1
             f"local paths = {{{paths}}}\nlocal i = 0\n"
             "request = function() i = i % #paths + 1; return wrk.format('GET', paths[i]) end\n"
             "done = function(summary, latency, requests)\n"
-            "  io.write(string.format('JSON {\"requests\": %d, \"non2xx\": %d, \"errors\": %d, \"p50\": %.2f, \"p95\": %.2f, \"p99\": %.2f}\\n',\n"
+            '  io.write(string.format(\'JSON {"requests": %d, "non2xx": %d, "errors": %d, "p50": %.2f, "p95": %.2f, "p99": %.2f}\\n\',\n'
             "    summary.requests, summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,\n"
-            "    latency:percentile(50)/1000, latency:percentile(95)/1000, latency:percentile(99)/1000))\nend\n")
+            "    latency:percentile(50)/1000, latency:percentile(95)/1000, latency:percentile(99)/1000))\nend\n"
+        )
         httpx.get(f"http://127.0.0.1:{port}/api/ask", params={"q": qs[0]}, timeout=60)
         for c in clients:
-            r = subprocess.run(["wrk", "-t", str(min(c, 4)), "-c", str(c), "-d", f"{seconds}s", "--timeout", "10s", "-s", str(script),
-                                f"http://127.0.0.1:{port}"], capture_output=True, text=True)
+            r = subprocess.run(
+                [
+                    "wrk",
+                    "-t",
+                    str(min(c, 4)),
+                    "-c",
+                    str(c),
+                    "-d",
+                    f"{seconds}s",
+                    "--timeout",
+                    "10s",
+                    "-s",
+                    str(script),
+                    f"http://127.0.0.1:{port}",
+                ],
+                capture_output=True,
+                text=True,
+            )
             line = next((l for l in r.stdout.splitlines() if l.startswith("JSON ")), None)
             if line is None:
                 out[f"c{c}"] = {"error": r.stdout[-500:] + r.stderr[-500:]}
@@ -256,8 +314,11 @@ def child_txtai(texts_path: str, model: str, candidates: str) -> None:
         t0 = time.perf_counter()
         emb.search(q, int(candidates))
         lat.append((time.perf_counter() - t0) * 1000)
-    print(json.dumps({"build_s": build_s, "search_ms": lat,
-                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+    print(
+        json.dumps(
+            {"build_s": build_s, "search_ms": lat, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        )
+    )
 
 
 def txtai_peer(cfg: Config, embedder, qs: list[str], our_build: dict, limit: int | None = None) -> dict:
@@ -275,8 +336,12 @@ def txtai_peer(cfg: Config, embedder, qs: list[str], our_build: dict, limit: int
     texts = [f"{r.title}\n{r.text}" for r in index.store.passages(ids).values()]
     data = cfg.index.parent / "txtai-input.json"
     data.write_text(json.dumps({"texts": texts, "questions": qs}))
-    out = subprocess.run([sys.executable, __file__, "--child-txtai", str(data), resolve_model(cfg.model), str(cfg.candidates)],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child-txtai", str(data), resolve_model(cfg.model), str(cfg.candidates)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
     peer = json.loads(out.stdout.strip().splitlines()[-1])
@@ -287,20 +352,26 @@ def txtai_peer(cfg: Config, embedder, qs: list[str], our_build: dict, limit: int
         ours.append((time.perf_counter() - t0) * 1000)
     txtai_rate = len(texts) / peer["build_s"]
     our_rate = our_build["passages"] / our_build["seconds"]
-    return {"passages": len(texts), "txtai_index_s": round(peer["build_s"], 1), "txtai_passages_per_s": round(txtai_rate, 1),
-            "txtai_peak_rss_mb": peer["peak_rss_mb"], "txtai_search_ms": pct(peer["search_ms"]), "our_dense_search_ms": pct(ours),
-            "our_passages_searched": our_build["passages"],
-            "note": "our build also makes sentence vectors (pooled from the passage run), HNSW, SQLite and BM25 postings; txtai embeds passages only",
-            "ratio_query_p50_txtai_over_ours": round(pct(peer["search_ms"])["p50"] / pct(ours)["p50"], 2),
-            "ratio_indexing_passages_per_s_ours_over_txtai": round(our_rate / txtai_rate, 2)}
+    return {
+        "passages": len(texts),
+        "txtai_index_s": round(peer["build_s"], 1),
+        "txtai_passages_per_s": round(txtai_rate, 1),
+        "txtai_peak_rss_mb": peer["peak_rss_mb"],
+        "txtai_search_ms": pct(peer["search_ms"]),
+        "our_dense_search_ms": pct(ours),
+        "our_passages_searched": our_build["passages"],
+        "note": "our build also makes sentence vectors (pooled from the passage run), HNSW, SQLite and BM25 postings; txtai embeds passages only",
+        "ratio_query_p50_txtai_over_ours": round(pct(peer["search_ms"])["p50"] / pct(ours)["p50"], 2),
+        "ratio_indexing_passages_per_s_ours_over_txtai": round(our_rate / txtai_rate, 2),
+    }
 
 
 def _all_ids(index) -> list[int]:
     import faiss
 
-    from qa.index import _all_vectors
+    from qa.index.vectors import all_vectors
 
-    ids, _ = _all_vectors(index.passage_vectors.base)
+    ids, _ = all_vectors(index.passage_vectors.base)
     ids = set(ids.tolist()) - set(index.passage_vectors.removed.tolist())
     return list(ids | set(faiss.vector_to_array(index.passage_vectors.delta.id_map).tolist()))
 
@@ -329,8 +400,12 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="qa-bench-"))
     qs = questions(args.questions)
     reading = Config.load()
-    results: dict = {"machine": {"cpus": os.cpu_count(), "load_avg_start": load()}, "args": vars(args) | {"workdir": str(work)},
-                     "reader": {"reader": reading.reader, "reader_model": reading.reader_model or "shipped"}, "datasets": {}}
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "load_avg_start": load()},
+        "args": vars(args) | {"workdir": str(work)},
+        "reader": {"reader": reading.reader, "reader_model": reading.reader_model or "shipped"},
+        "datasets": {},
+    }
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_path = RESULTS / f"{stamp}.json"

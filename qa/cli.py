@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,9 @@ def load_config(corpus: Path | None, index_dir: Path | None, model: str | None, 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Question answering over the news articles in a corpus folder."""
+    if not sys.stderr.isatty():  # a log file or a pipe: plain lines, no progress bars from the libraries
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @main.command()

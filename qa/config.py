@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,106 +17,97 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
+def packaged_web() -> Path:
+    """The web form's templates and static files: `qa/web/` in an installed wheel (the build maps the
+    repository's `web/` there), the repository's `web/` in an editable install."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "web", here.parent / "web"):
+        if (folder / "templates").is_dir():
+            return folder
+    return here / "web"
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qa"
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, shown: str | None = None) -> Any:
+    """A field of Config with the help text that the README's settings table is made from."""
+    meta = {"help": help, "shown": shown}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class Config:
     # Where things are.
-    corpus: Path = Path("corpus")
-    index: Path = Path("index")
-    web: Path = Path(__file__).resolve().parent.parent / "web"
+    corpus: Path = setting(Path("corpus"), "The articles folder")
+    index: Path = setting(Path("index"), "Where index versions are written")
+    web: Path = setting(help="The web form's templates/ and static/", factory=packaged_web, shown="inside the package")
+    cache: Path = setting(help="Derived files that are not the index (exported ONNX models)", factory=default_cache, shown="~/.cache/qa")
 
     # Embedding.
-    model: str = DEFAULT_MODEL
-    batch_size: int = 64
-    #: One of BACKENDS. "onnx" gives torch's vectors (cosine 1.0) at a fraction of the cost;
-    #: "onnx-int8" is faster still with recall@5 on SQuAD within 0.01 of torch (README, Benchmarks).
-    backend: str = "onnx-int8"
-    #: Where derived files that are not the index live (the exported ONNX model).
-    cache: Path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qa"
-    #: Versions kept beside the current one, so a process still reading an older one is not cut off.
-    keep_versions: int = 2
+    model: str = setting(DEFAULT_MODEL, "Embedding model: a sentence-transformers name or folder (the default is bundled)")
+    batch_size: int = setting(64, "Passages embedded per batch")
+    backend: str = setting("onnx-int8", "How the embedder runs: torch, onnx (same vectors, faster) or onnx-int8 (fastest)")
+    keep_versions: int = setting(2, "Older index versions kept, so a process still reading one is not cut off")
 
     # Vector indexes.
-    #: Below this many vectors search is exact (flat); from it on, an HNSW graph (approximate).
-    ann_min_vectors: int = 50_000
-    #: HNSW search breadth: 256 gave recall@20 0.996 (passages) against exact search, 64 only 0.88.
-    ann_ef_search: int = 256
-    #: New vectors (and BM25 postings) go to a small delta beside the (hard-linked, unchanged)
-    #: base until added and removed passages exceed this share of the base; then it is rewritten.
-    vector_delta_fraction: float = 0.1
+    ann_min_vectors: int = setting(50_000, "From this many vectors on, search an HNSW graph instead of exactly")
+    ann_ef_search: int = setting(256, "HNSW search breadth (higher: better recall, slower)")
+    vector_delta_fraction: float = setting(
+        0.1, "Changes kept beside the unchanged base until they exceed this share of it; then it is rewritten"
+    )
 
     # Splitting articles into passages.
-    #: Paragraphs with fewer words than this are not passages of their own (bylines, date lines).
-    min_passage_words: int = 6
-    #: Sentences repeated at the start of the next window when a long paragraph is split.
-    window_overlap_sentences: int = 1
+    min_passage_words: int = setting(6, "Shorter paragraphs (bylines, date lines) are not passages of their own")
+    window_overlap_sentences: int = setting(1, "Sentences repeated at the start of the next window of a long paragraph")
 
     # Retrieval.
-    top_k: int = 5
-    max_top_k: int = 50
-    #: Candidates taken from each retriever before fusion.
-    candidates: int = 50
-    #: How the three rankings are fused: "score" (weighted sum of the dense cosine, the best
-    #: sentence's cosine and BM25 scaled by the best BM25 score) or "rrf" (weighted reciprocal rank).
-    fusion: str = "score"
-    rrf_k: float = 60.0
-    weight_dense: float = 1.0
-    weight_sentence: float = 1.0
-    weight_lexical: float = 0.6
+    top_k: int = setting(5, "Passages returned")
+    max_top_k: int = setting(50, "Most passages a request may ask for")
+    candidates: int = setting(50, "Candidates taken from each retriever before fusion")
+    fusion: str = setting("score", "How dense, sentence and BM25 rankings are fused: score (weighted sum) or rrf")
+    rrf_k: float = setting(60.0, "The k of reciprocal rank fusion")
+    weight_dense: float = setting(1.0, "Fusion weight of the passage's cosine")
+    weight_sentence: float = setting(1.0, "Fusion weight of the best sentence's cosine")
+    weight_lexical: float = setting(0.6, "Fusion weight of BM25 (scaled by the best BM25 score)")
 
     # Reading.
-    #: "span": the trained span reader (qa/reader_weights/), short exact answers, about 48 ms a
-    #: question; "sentence": the best sentence with a heuristic span, about 1 ms (README, Readers).
-    reader: str = "span"
-    #: Passages the reader looks at.
-    read_passages: int = 8
-    max_answers: int = 5
-    #: Answers scoring below this are withheld; with none left the result says no_answer.
-    answer_threshold: float = 0.35
-    #: The span reader's model (`reader = "span"`): empty for the trained reader shipped in
-    #: qa/reader_weights/, or any extractive QA model's name or folder (AutoModelForQuestionAnswering);
-    #: several, comma-separated ("shipped" for the shipped one), are read as an ensemble (README, Readers).
-    reader_model: str = ""
-    #: Tokens of the best sentences the span reader reads per question (one batch). Fewer is
-    #: faster, and fewer distractors: held-out open F1, SQuAD / RealTimeQA, 0.470 / 0.638 at 64,
-    #: 0.479 / 0.601 at 96, 0.484 / 0.563 at 128 (README, Readers).
-    span_context_tokens: int = 96
-    #: Longest answer, in tokens (why-questions are answered with the sentence reader's reason clauses).
-    span_max_tokens: int = 24
-    #: Model input length and window overlap (tokens) for contexts longer than that.
-    span_max_len: int = 256
-    span_stride: int = 64
-    #: The span reader's weights on the ONNX backends: "int8" (quantised with the embedder under
-    #: "onnx-int8") or "float" (fp32 whatever the embedder's backend).
-    reader_precision: str = "int8"
-    #: A span is withheld unless its logit beats the no-answer logit by more than this.
-    span_null_margin: float = 0.0
-    #: A span's logit loses this times how far its passage's fused retrieval score is below the
-    #: best passage's: the reader alone is too sure of spans in distracting passages. Chosen on
-    #: half the held-out SQuAD articles (open F1 0.482 at 0, 0.497 at 20, 0.502 at 40, 0.498 at
-    #: 80), checked on the other half (0.473 -> 0.488) and RealTimeQA (0.601 -> 0.666).
-    span_passage_weight: float = 40.0
-    #: Threads for the span reader's forward pass (0: leave torch's setting alone).
-    reader_threads: int = 1
-    #: A sentence's score: these weights times its cosine with the question, the share of the
-    #: question's (IDF-weighted) words it has, and its passage's retrieval score.
-    reader_weight_cosine: float = 0.45
-    reader_weight_overlap: float = 0.25
-    reader_weight_passage: float = 0.3
-    #: The span reader's choice of sentences to read, the same three terms with its own weights
-    #: (its overlap is the plain share of the question's stemmed words).
-    span_weight_cosine: float = 0.55
-    span_weight_overlap: float = 0.3
-    span_weight_passage: float = 0.15
+    reader: str = setting("span", "span (the trained span reader: short exact answers) or sentence (no model, fastest)")
+    read_passages: int = setting(8, "Passages the reader looks at")
+    max_answers: int = setting(5, "Most answers returned")
+    answer_threshold: float = setting(0.35, "Answers scoring below this are withheld; with none left, no_answer is true")
+    reader_model: str = setting(
+        "",
+        "Span reader model: empty for the shipped one, or a QA model's name or folder; several, comma-separated, "
+        'are an ensemble ("shipped" names the shipped one)',
+    )
+    span_context_tokens: int = setting(96, "Tokens of the question's best sentences the span reader reads")
+    span_max_tokens: int = setting(24, "Longest answer, in tokens")
+    span_max_len: int = setting(256, "Span reader input length; longer contexts are read in overlapping windows")
+    span_stride: int = setting(64, "Overlap of those windows, in tokens")
+    reader_precision: str = setting("int8", "The span reader's weights on the ONNX backends: int8 or float")
+    span_null_margin: float = setting(0.0, "A span is withheld unless its logit beats the no-answer logit by more than this")
+    span_passage_weight: float = setting(40.0, "Logits a span loses per unit its passage's retrieval score is below the best passage's")
+    reader_threads: int = setting(1, "Threads for the span reader on torch (0: torch's default)")
+    reader_weight_cosine: float = setting(0.45, "Sentence reader: weight of a sentence's cosine with the question")
+    reader_weight_overlap: float = setting(0.25, "Sentence reader: weight of the question's (IDF-weighted) words it has")
+    reader_weight_passage: float = setting(0.3, "Sentence reader: weight of its passage's retrieval score")
+    span_weight_cosine: float = setting(0.55, "Span reader, choosing sentences to read: weight of the cosine")
+    span_weight_overlap: float = setting(0.3, "Span reader, choosing sentences to read: weight of the share of question words")
+    span_weight_passage: float = setting(0.15, "Span reader, choosing sentences to read: weight of the passage's score")
 
     # Service.
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
-    max_question_chars: int = 1000
-    max_body_bytes: int = 10 * 1024 * 1024
+    host: str = setting("127.0.0.1", "Address `qa serve` listens on")
+    port: int = setting(8000, "Port `qa serve` listens on")
+    api_key: str | None = setting(None, "Bearer key of the write endpoints; unset, they answer 403")
+    max_question_chars: int = setting(1000, "Longest question accepted")
+    max_body_bytes: int = setting(10 * 1024 * 1024, "Largest request body accepted (413 above)")
 
     @classmethod
-    def load(cls, **overrides: Any) -> "Config":
+    def load(cls, **overrides: Any) -> Config:
         """Defaults < `QA_<FIELD>` environment variables < explicit overrides (flags)."""
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -128,7 +119,7 @@ class Config:
                 values[name] = _coerce(_field(name), value) if isinstance(value, str) else value
         return cls(**values)
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -155,4 +146,35 @@ def _coerce(f: dataclasses.Field, raw: str) -> Any:
     return raw
 
 
-__all__ = ["BACKENDS", "Config", "DEFAULT_MODEL"]
+def settings_table() -> str:
+    """Every setting as a Markdown table (the README's, kept in step by a test)."""
+    rows = ["| Variable | Default | What it does |", "|---|---|---|"]
+    for f in fields(Config):
+        shown = f.metadata.get("shown")
+        if shown is None:
+            default = f.default
+            shown = "unset" if default is None else ("empty" if default == "" else str(default))
+        rows.append(f"| `QA_{f.name.upper()}` | {shown} | {f.metadata['help']} |")
+    return "\n".join(rows)
+
+
+SETTINGS_START, SETTINGS_END = "<!-- settings:start -->", "<!-- settings:end -->"
+
+
+def with_settings_table(text: str) -> str:
+    """`text` (the README) with the table between its settings markers made anew."""
+    head, found, rest = text.partition(SETTINGS_START)
+    _, found_end, tail = rest.partition(SETTINGS_END)
+    if not found or not found_end:
+        raise ValueError(f"no {SETTINGS_START} ... {SETTINGS_END} markers")
+    return f"{head}{SETTINGS_START}\n{settings_table()}\n{SETTINGS_END}{tail}"
+
+
+if __name__ == "__main__":  # `python -m qa.config README.md` (make settings) rewrites the table
+    import sys
+
+    readme = Path(sys.argv[1])
+    readme.write_text(with_settings_table(readme.read_text()))
+
+
+__all__ = ["BACKENDS", "Config", "DEFAULT_MODEL", "settings_table", "with_settings_table"]

@@ -165,9 +165,7 @@ def _parse_html(data: bytes, rel: str) -> Document:
     import trafilatura
 
     try:
-        result = trafilatura.bare_extraction(
-            data, with_metadata=True, include_comments=False, include_tables=False
-        )
+        result = trafilatura.bare_extraction(data, with_metadata=True, include_comments=False, include_tables=False)
     except Exception as exc:  # trafilatura raises many kinds on malformed markup
         raise CorpusError(f"cannot parse HTML: {exc}") from exc
     result = result.as_dict() if result is not None and hasattr(result, "as_dict") else result

@@ -60,7 +60,7 @@ class Embedder:
             raise ValueError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
 
     @classmethod
-    def from_config(cls, config: Config) -> "Embedder":
+    def from_config(cls, config: Config) -> Embedder:
         return cls(config.model, config.backend, config.cache, config.batch_size)
 
     @cached_property
@@ -265,8 +265,9 @@ def cached_onnx(target: Path, quantize: bool, export: Callable[[Path], None], ke
             graph = onnx.load(str(fp32), load_external_data=False).graph
             floats = [n.name for n in graph.node if keep_float and n.op_type == "MatMul" and re.search(keep_float, n.name)]
             tmp = int8.with_suffix(f".tmp{os.getpid()}")
-            quantize_dynamic(fp32, tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-                             nodes_to_exclude=floats)
+            quantize_dynamic(
+                fp32, tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"], nodes_to_exclude=floats
+            )
             os.replace(tmp, int8)
     return wanted
 
@@ -309,6 +310,12 @@ def export_onnx(module, out: Path, outputs: list[str]) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on shapes: the axes are declared dynamic
         torch.onnx.export(
-            module.eval(), example, str(out), input_names=list(_ONNX_INPUTS), output_names=outputs,
-            dynamic_axes=axes, opset_version=17, dynamo=False,
+            module.eval(),
+            example,
+            str(out),
+            input_names=list(_ONNX_INPUTS),
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
         )

@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from qa.config import Config
 from qa.embedding import Embedder
 from qa.index import build_index
 from qa.models import Document, Filters
 from qa.pipeline import Pipeline
+from qa.progress import Progress
 
 RECALL_AT = (1, 5, 20)
 
@@ -105,7 +105,9 @@ def evaluate(
     rr = em = f1 = sentence_ok = 0.0
     answerable = unanswerable = no_answer_ok = 0
     latencies: list[float] = []
-    for q in tqdm(questions, desc="questions", disable=not show_progress):
+    progress = Progress(len(questions), "questions", "question", enabled=show_progress)
+    for q in questions:
+        progress.update(1)
         gold = [a["text"] for a in q.get("answers", [])]
         filters = Filters(document_id=q["context_id"]) if mode == "gold" else None
         started = time.perf_counter()
@@ -131,6 +133,7 @@ def evaluate(
         if top is not None:
             sentence = normalize_answer(top.sentence)
             sentence_ok += any(normalize_answer(g) in sentence for g in gold)
+    progress.close()
 
     n = len(questions)
     metrics: dict = {"questions": n, "mode": mode}

@@ -109,12 +109,18 @@ class Segment:
     tfs: np.ndarray  # float32
 
     @classmethod
-    def empty(cls) -> "Segment":
-        return cls(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, "S1"), np.zeros(1, np.int64),
-                   np.zeros(0, np.int32), np.zeros(0, np.float32))
+    def empty(cls) -> Segment:
+        return cls(
+            np.zeros(0, np.int64),
+            np.zeros(0, np.float32),
+            np.zeros(0, "S1"),
+            np.zeros(1, np.int64),
+            np.zeros(0, np.int32),
+            np.zeros(0, np.float32),
+        )
 
     @classmethod
-    def from_postings(cls, ids: np.ndarray, lengths: np.ndarray, terms: np.ndarray, owners: np.ndarray, tfs: np.ndarray) -> "Segment":
+    def from_postings(cls, ids: np.ndarray, lengths: np.ndarray, terms: np.ndarray, owners: np.ndarray, tfs: np.ndarray) -> Segment:
         """From the passages and one (term, owning passage id, tf) triple per posting, in any
         order; repeats are summed."""
         order = np.argsort(ids, kind="stable")
@@ -130,7 +136,7 @@ class Segment:
         return cls(ids, lengths, vocab.astype(f"S{max(width, 1)}"), offsets, (keys % n).astype(np.int32), summed)
 
     @classmethod
-    def load(cls, path: Path) -> "Segment":
+    def load(cls, path: Path) -> Segment:
         return cls(*(np.load(_part(path, p), mmap_mode="r", allow_pickle=False) for p in PARTS))
 
     def save(self, path: Path) -> None:
@@ -177,11 +183,11 @@ class LexicalIndex:
         self._refresh()
 
     @classmethod
-    def empty(cls, delta_fraction: float) -> "LexicalIndex":
+    def empty(cls, delta_fraction: float) -> LexicalIndex:
         return cls(Segment.empty(), Segment.empty(), np.zeros(0, np.int64), delta_fraction, None)
 
     @classmethod
-    def load(cls, path: Path, delta_fraction: float) -> "LexicalIndex":
+    def load(cls, path: Path, delta_fraction: float) -> LexicalIndex:
         delta = _beside(path, ".delta")
         removed = _beside(path, REMOVED)
         return cls(
@@ -272,8 +278,13 @@ class LexicalIndex:
             terms += title_terms
             owners += [pid] * (len(body) + len(title_terms))
             tfs += [1.0] * len(body) + [TITLE_WEIGHT] * len(title_terms)
-        return (ids, lengths, np.asarray(terms, dtype=f"S{MAX_WORD_BYTES}"), np.asarray(owners, dtype=np.int64),
-                np.asarray(tfs, dtype=np.float32))
+        return (
+            ids,
+            lengths,
+            np.asarray(terms, dtype=f"S{MAX_WORD_BYTES}"),
+            np.asarray(owners, dtype=np.int64),
+            np.asarray(tfs, dtype=np.float32),
+        )
 
     def save(self, path: Path) -> None:
         """Writes this version's files: links the base and writes the delta, or merges them."""

@@ -13,7 +13,7 @@ from qa.config import Config
 from qa.embedding import Embedder
 from qa.index import IndexVersion, current_version, open_index
 from qa.models import AskResult, Filters, PassageHit
-from qa.reader import Reader, make_reader
+from qa.readers import Reader, make_reader
 from qa.retriever import Retriever
 
 

@@ -25,9 +25,7 @@ class Retriever:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def retrieve(
-        self, index: IndexVersion, question_vector: np.ndarray, question: str, top_k: int, filters: Filters | None
-    ) -> list[Hit]:
+    def retrieve(self, index: IndexVersion, question_vector: np.ndarray, question: str, top_k: int, filters: Filters | None) -> list[Hit]:
         cfg = self.config
         n = max(cfg.candidates, top_k)
         q = question_vector.reshape(1, -1)

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS sentences (
 CREATE INDEX IF NOT EXISTS sentences_passage ON sentences(passage_id);
 """
 
+
 @dataclass
 class PassageRow:
     id: int
@@ -141,9 +142,7 @@ class Store:
             pid = int(cur.lastrowid)
             pids.append(pid)
             for k, s in enumerate(p.sentences):
-                cur = self.db.execute(
-                    "INSERT INTO sentences (passage_id, ordinal, start, end) VALUES (?,?,?,?)", (pid, k, s.start, s.end)
-                )
+                cur = self.db.execute("INSERT INTO sentences (passage_id, ordinal, start, end) VALUES (?,?,?,?)", (pid, k, s.start, s.end))
                 sids.append(int(cur.lastrowid))
         return pids, sids
 
@@ -193,24 +192,23 @@ class Store:
     def filtered_passage_ids(self, filters: Filters) -> list[int]:
         where, params = filter_sql(filters)
         with self._reading() as db:
-            return [r[0] for r in db.execute(
-                f"SELECT p.id FROM passages p JOIN documents d ON d.id = p.document_id WHERE {where}", params
-            )]
+            return [r[0] for r in db.execute(f"SELECT p.id FROM passages p JOIN documents d ON d.id = p.document_id WHERE {where}", params)]
 
     def filtered_sentence_ids(self, filters: Filters) -> list[int]:
         where, params = filter_sql(filters)
         with self._reading() as db:
-            return [r[0] for r in db.execute(
-                f"""SELECT s.id FROM sentences s JOIN passages p ON p.id = s.passage_id
+            return [
+                r[0]
+                for r in db.execute(
+                    f"""SELECT s.id FROM sentences s JOIN passages p ON p.id = s.passage_id
                 JOIN documents d ON d.id = p.document_id WHERE {where}""",
-                params,
-            )]
+                    params,
+                )
+            ]
 
     def document(self, doc_id: str) -> dict | None:
         with self._reading() as db:
-            row = db.execute(
-                "SELECT id, title, text, date, url, source, path, hash FROM documents WHERE id = ?", (doc_id,)
-            ).fetchone()
+            row = db.execute("SELECT id, title, text, date, url, source, path, hash FROM documents WHERE id = ?", (doc_id,)).fetchone()
             if row is None:
                 return None
             n = db.execute("SELECT count(*) FROM passages WHERE document_id = ?", (doc_id,)).fetchone()[0]

@@ -1,8 +1,17 @@
 """Changing the corpus while serving: add, replace and delete articles, and background rebuilds.
 
-An added article is staged in `corpus/.pending/`, indexed, and only then moved into `corpus/`,
-so a crash at any point leaves it either in both the corpus and the index or in neither
-(`recover()` settles a staged file left behind by a crash).
+Every write is one step under the build lock (`qa.index.writing`): check, stage, index, publish
+the index, then change `corpus/`. Writes therefore happen one at a time, across threads and
+processes, and their order is the same in `corpus/` and in the index: the last writer wins in both.
+
+A crash can stop a write between any two of those steps. What it leaves behind is settled by
+`recover()` at start-up, under the same lock:
+- `corpus/.pending/<write id>.<file name>`: an article staged by a write. If the published index
+  holds exactly its documents, the write got that far: the file goes into `corpus/`; otherwise
+  it is dropped, and so is the write.
+- `corpus/.pending/<write id>.<file name>.delete`: a delete's tombstone, naming its document ids.
+  If the index no longer holds them, the delete was published: the file goes too; otherwise
+  the tombstone is dropped.
 """
 
 from __future__ import annotations
@@ -13,17 +22,20 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from qa.config import Config
 from qa.corpus import SUFFIXES, CorpusError, parse_bytes, read_file
 from qa.embedding import Embedder
-from qa.index import BuildSummary, NoIndex, build_index, open_index
+from qa.index import BuildSummary, IndexBusy, IndexVersion, NoIndex, build_index, build_lock, open_index
 from qa.models import Document
 
 PENDING = ".pending"
+TOMBSTONE = ".delete"
 BUILD_WAIT_SECONDS = 600.0
 
 
@@ -54,7 +66,7 @@ def safe_name(name: str) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class IndexManager:
@@ -73,57 +85,90 @@ class IndexManager:
         doc_id = (doc_id or "").strip() or f"{safe_name(title.lower())[:60]}-{uuid.uuid4().hex[:8]}"
         record = {"id": doc_id, "title": title.strip(), "text": text, **{k: v for k, v in meta.items() if v}}
         data = json.dumps(record, ensure_ascii=False).encode("utf-8")
-        name = self._file_for(doc_id) or f"{safe_name(doc_id)}.json"
-        docs, summary = self._stage_and_index(name, data)
+        docs = self._parse(f"{safe_name(doc_id)}.json", data)
+        with self._writing():
+            # Where the article lives is decided under the lock: a concurrent write may just have created it.
+            name = self._file_for(doc_id) or f"{safe_name(doc_id)}.json"
+            _, summary = self._write(name, data, docs)
         return docs[0], summary
 
     def add_file(self, filename: str, data: bytes) -> tuple[list[Document], BuildSummary]:
         name = safe_name(filename)
         if Path(name).suffix.lower() not in SUFFIXES:
             raise UpdateError(f"unsupported file type {Path(name).suffix!r}; use one of {', '.join(sorted(SUFFIXES))}", 415)
-        return self._stage_and_index(name, data)
+        docs = self._parse(name, data)
+        with self._writing():
+            return self._write(name, data, docs)
 
     def delete(self, doc_id: str) -> BuildSummary:
-        path = self._existing_path(doc_id)
-        if path is None:
-            raise UpdateError(f"no document {doc_id!r}", 404)
-        docs = read_file(path, path.relative_to(self.config.corpus).as_posix()) if path.exists() else []
-        if len(docs) > 1:
-            raise UpdateError(f"document {doc_id!r} is one of {len(docs)} records in {path.name}; edit that file", 409)
-        summary = build_index(self.config, self.embedder, deletes=[doc_id], wait=BUILD_WAIT_SECONDS)
-        path.unlink(missing_ok=True)
-        return summary
+        with self._writing():
+            path = self._existing_path(doc_id)
+            if path is None:
+                raise UpdateError(f"no document {doc_id!r}", 404)
+            docs = read_file(path, path.relative_to(self.config.corpus).as_posix()) if path.exists() else []
+            if len(docs) > 1:
+                raise UpdateError(f"document {doc_id!r} is one of {len(docs)} records in {path.name}; edit that file", 409)
+            tombstone = self._stage(f"{path.name}{TOMBSTONE}", json.dumps({"ids": [doc_id]}).encode())
+            try:
+                summary = build_index(self.config, self.embedder, deletes=[doc_id], locked=True)
+                path.unlink(missing_ok=True)
+            finally:
+                tombstone.unlink(missing_ok=True)
+            return summary
 
-    def _stage_and_index(self, name: str, data: bytes) -> tuple[list[Document], BuildSummary]:
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The build lock (a 409 when another build holds it longer than a write waits), with what
+        killed writes left behind settled first: under the lock, nothing in .pending/ is a live write's."""
+        try:
+            lock = build_lock(self.config, BUILD_WAIT_SECONDS)
+        except IndexBusy as exc:
+            raise UpdateError(f"the index is busy with another build; try again ({exc})", 409) from exc
+        try:
+            self._settle_pending()
+            yield
+        finally:
+            lock.release()
+
+    @staticmethod
+    def _parse(name: str, data: bytes) -> list[Document]:
+        try:
+            return parse_bytes(data, name)
+        except CorpusError as exc:
+            raise UpdateError(f"{name}: {exc}") from exc
+
+    def _write(self, name: str, data: bytes, docs: list[Document]) -> tuple[list[Document], BuildSummary]:
+        """Stages `data` as corpus/`name`, indexes its documents, then publishes the file. Holds the lock."""
         corpus = self.config.corpus.resolve()
         target = (corpus / name).resolve()
         if target.parent != corpus:
             raise UpdateError("the file name must not contain a path", 422)
-        try:
-            docs = parse_bytes(data, name)
-        except CorpusError as exc:
-            raise UpdateError(f"{name}: {exc}") from exc
         for doc in docs:
             existing = self._existing_path(doc.id)
             if existing is not None and existing.resolve() != target:
                 raise UpdateError(f"document id {doc.id!r} already belongs to {existing.name}", 409)
-        pending = corpus / PENDING
-        pending.mkdir(parents=True, exist_ok=True)
-        staged = pending / name
-        tmp = pending / f".{name}.{uuid.uuid4().hex}.tmp"
-        tmp.write_bytes(data)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, staged)
+        staged = self._stage(name, data)
         try:
             previous = [d.id for d in read_file(target, name)] if target.exists() else []
             gone = [i for i in previous if i not in {d.id for d in docs}]
-            summary = build_index(self.config, self.embedder, upserts=docs, deletes=gone, wait=BUILD_WAIT_SECONDS)
+            summary = build_index(self.config, self.embedder, upserts=docs, deletes=gone, locked=True)
             os.replace(staged, target)
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
         return docs, summary
+
+    def _stage(self, name: str, data: bytes) -> Path:
+        """`data` durably in corpus/.pending/, under a name no other write uses."""
+        pending = self.config.corpus / PENDING
+        pending.mkdir(parents=True, exist_ok=True)
+        staged = pending / f"{uuid.uuid4().hex}.{name}"
+        tmp = pending / f".{staged.name}.tmp"
+        tmp.write_bytes(data)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, staged)
+        return staged
 
     def _existing_path(self, doc_id: str) -> Path | None:
         try:
@@ -142,29 +187,63 @@ class IndexManager:
         path = self._existing_path(doc_id)
         return path.name if path is not None and path.parent.resolve() == self.config.corpus.resolve() else None
 
-    def recover(self) -> None:
-        """Settles files staged by a process that died: in the index means keep, otherwise drop."""
-        pending = self.config.corpus / PENDING
-        if not pending.is_dir():
+    def recover(self, wait: float = 5.0) -> None:
+        """Settles what writes killed mid-way left in corpus/.pending/ (see the module's docstring).
+
+        Called at start-up. When another process is building, it is left for the next write, which
+        settles leftovers first."""
+        if not (self.config.corpus / PENDING).is_dir():
             return
-        for staged in pending.iterdir():
-            if staged.name.startswith("."):
-                staged.unlink(missing_ok=True)
-                continue
+        try:
+            lock = build_lock(self.config, wait)
+        except IndexBusy:
+            return
+        try:
+            self._settle_pending()
+        finally:
+            lock.release()
+
+    def _settle_pending(self) -> None:
+        pending = self.config.corpus / PENDING
+        leftovers = sorted(pending.iterdir(), key=lambda p: p.stat().st_mtime_ns) if pending.is_dir() else []
+        if not leftovers:
+            return
+        try:
+            index: IndexVersion | None = open_index(self.config)
+        except NoIndex:
+            index = None
+        try:
+            hashes = index.store.document_hashes() if index is not None else {}
+        finally:
+            if index is not None:
+                index.close()
+        for staged in leftovers:
+            self._settle(staged, hashes)
+
+    def _settle(self, staged: Path, hashes: dict[str, str]) -> None:
+        write_id, _, name = staged.name.partition(".")
+        if staged.name.startswith(".") or not name or not staged.is_file():
+            staged.unlink(missing_ok=True)  # a staging write cut short, or something that is not ours
+            return
+        target = self.config.corpus / name.removesuffix(TOMBSTONE)
+        if name.endswith(TOMBSTONE):
             try:
-                docs = read_file(staged, staged.name)
-                index = open_index(self.config)
-                try:
-                    hashes = index.store.document_hashes()
-                finally:
-                    index.close()
-                indexed = all(hashes.get(d.id) == d.hash for d in docs)
-            except (CorpusError, NoIndex):
-                indexed = False
-            if indexed:
-                os.replace(staged, self.config.corpus / staged.name)
-            else:
-                staged.unlink(missing_ok=True)
+                ids = json.loads(staged.read_text())["ids"]
+            except (ValueError, KeyError, OSError):
+                ids = None
+            if ids is not None and not any(i in hashes for i in ids):
+                target.unlink(missing_ok=True)  # the delete was published; its file goes too
+            staged.unlink(missing_ok=True)
+            return
+        try:
+            docs = read_file(staged, name)
+            indexed = all(hashes.get(d.id) == d.hash for d in docs)
+        except CorpusError:
+            indexed = False
+        if indexed:
+            os.replace(staged, target)
+        else:
+            staged.unlink(missing_ok=True)
 
     # Rebuilds in the background.
 

@@ -83,9 +83,24 @@ class ServeProcess:
             env["QA_API_KEY"] = api_key
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "qa.cli", "serve", "--corpus", str(cfg.corpus), "--index", str(cfg.index),
-                 "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "qa.cli",
+                    "serve",
+                    "--corpus",
+                    str(cfg.corpus),
+                    "--index",
+                    str(cfg.index),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
 
     def wait_ready(self, timeout: float = 90) -> dict:
@@ -137,7 +152,7 @@ class ThreadServer:
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
 
-    def __enter__(self) -> "ThreadServer":
+    def __enter__(self) -> ThreadServer:
         import time
 
         self.thread.start()

@@ -37,8 +37,7 @@ def test_answer_offsets_point_at_the_text(sample_pipeline, sample_index):
     assert result.answers
     index = open_index(sample_index)
     for a in result.answers:
-        passage = next(p for p in result.passages if p.id == a.passage_id) if any(
-            p.id == a.passage_id for p in result.passages) else None
+        passage = next(p for p in result.passages if p.id == a.passage_id) if any(p.id == a.passage_id for p in result.passages) else None
         doc = index.store.document(a.document_id)
         assert doc["text"][a.document_start : a.document_end] == a.text
         row = index.store.passages([a.passage_id])[a.passage_id]
@@ -67,15 +66,42 @@ def test_filters_restrict_retrieval(sample_pipeline):
 
 def test_ask_json_is_the_api_object(sample_index):
     run = subprocess.run(
-        [sys.executable, "-m", "qa.cli", "ask", IBM_QUESTION, "--json", "--top-k", "3",
-         "--corpus", str(sample_index.corpus), "--index", str(sample_index.index)],
-        capture_output=True, text=True, cwd=ROOT, check=True,
+        [
+            sys.executable,
+            "-m",
+            "qa.cli",
+            "ask",
+            IBM_QUESTION,
+            "--json",
+            "--top-k",
+            "3",
+            "--corpus",
+            str(sample_index.corpus),
+            "--index",
+            str(sample_index.index),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
     )
     obj = json.loads(run.stdout)
     assert set(obj) >= {"question", "answers", "passages", "no_answer", "took_ms"}
     assert obj["question"] == IBM_QUESTION and len(obj["passages"]) == 3
-    assert set(obj["answers"][0]) >= {"text", "score", "start", "end", "document_start", "document_end", "sentence",
-                                      "passage_id", "document_id", "title", "date", "url"}
+    assert set(obj["answers"][0]) >= {
+        "text",
+        "score",
+        "start",
+        "end",
+        "document_start",
+        "document_end",
+        "sentence",
+        "passage_id",
+        "document_id",
+        "title",
+        "date",
+        "url",
+    }
 
 
 @pytest.mark.parametrize(
@@ -96,15 +122,34 @@ def test_squad_scoring(prediction, gold, em, f1):
 
 def test_eval_on_a_fixture_set(tmp_path, config):
     paragraphs = [
-        {"id": "p-volcano", "title": "Volcano", "context": "Mount Etna erupted on Tuesday, sending ash 5 kilometres into the sky above Sicily."},
+        {
+            "id": "p-volcano",
+            "title": "Volcano",
+            "context": "Mount Etna erupted on Tuesday, sending ash 5 kilometres into the sky above Sicily.",
+        },
         {"id": "p-chess", "title": "Chess", "context": "The chess championship in Oslo was won by a 19-year-old grandmaster from Chennai."},
         {"id": "p-bakery", "title": "Bakery", "context": "The oldest bakery in Lyon closed after 140 years because rents tripled."},
     ]
     questions = [
-        {"id": "q1", "question": "Which volcano erupted on Tuesday in Sicily?", "answers": [{"text": "Mount Etna", "answer_start": 0}], "context_id": "p-volcano"},
-        {"id": "q2", "question": "Where was the chess championship held?", "answers": [{"text": "Oslo", "answer_start": 32}], "context_id": "p-chess"},
+        {
+            "id": "q1",
+            "question": "Which volcano erupted on Tuesday in Sicily?",
+            "answers": [{"text": "Mount Etna", "answer_start": 0}],
+            "context_id": "p-volcano",
+        },
+        {
+            "id": "q2",
+            "question": "Where was the chess championship held?",
+            "answers": [{"text": "Oslo", "answer_start": 32}],
+            "context_id": "p-chess",
+        },
         # its gold paragraph is not in the set, so it can never be retrieved
-        {"id": "q3", "question": "Why did the oldest bakery in Lyon close?", "answers": [{"text": "rents tripled", "answer_start": 0}], "context_id": "p-missing"},
+        {
+            "id": "q3",
+            "question": "Why did the oldest bakery in Lyon close?",
+            "answers": [{"text": "rents tripled", "answer_start": 0}],
+            "context_id": "p-missing",
+        },
     ]
     pp, qp = tmp_path / "paragraphs.jsonl", tmp_path / "questions.jsonl"
     pp.write_text("".join(json.dumps(p) + "\n" for p in paragraphs))

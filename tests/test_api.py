@@ -98,8 +98,11 @@ def test_write_endpoints_disabled_without_a_configured_key(sample_config, embedd
 
 def test_add_ask_replace_and_delete_an_article(client, api_config):
     fact = "Harriet Okonkwo was elected mayor of Lowmarsh on a promise to rebuild the tidal mill."
-    r = client.post("/api/documents", headers=AUTH, json={"id": "lowmarsh", "title": "Lowmarsh elects a mayor",
-                                                           "text": fact, "date": "2024-03-02", "source": "Marsh Times"})
+    r = client.post(
+        "/api/documents",
+        headers=AUTH,
+        json={"id": "lowmarsh", "title": "Lowmarsh elects a mayor", "text": fact, "date": "2024-03-02", "source": "Marsh Times"},
+    )
     assert r.status_code == 201, r.text
     assert r.json()["documents"][0]["id"] == "lowmarsh" and r.json()["index_version"] == 2
     assert (api_config.corpus / "lowmarsh.json").exists()
@@ -107,8 +110,11 @@ def test_add_ask_replace_and_delete_an_article(client, api_config):
     assert answer["document_id"] == "lowmarsh" and "Okonkwo" in answer["sentence"]
     assert answer["date"] == "2024-03-02"
 
-    r = client.post("/api/documents", headers=AUTH, json={"id": "lowmarsh", "title": "Lowmarsh elects a mayor",
-                                                           "text": "Peter Quill was elected mayor of Lowmarsh after a recount."})
+    r = client.post(
+        "/api/documents",
+        headers=AUTH,
+        json={"id": "lowmarsh", "title": "Lowmarsh elects a mayor", "text": "Peter Quill was elected mayor of Lowmarsh after a recount."},
+    )
     assert r.status_code == 201
     assert client.get("/api/health").json()["documents"] == 2
     answer = client.get("/api/ask", params={"q": "Who was elected mayor of Lowmarsh?"}).json()["answers"][0]
@@ -198,8 +204,9 @@ def test_service_follows_a_version_published_by_another_process(client, api_conf
     from tests.conftest import write_article
 
     before = client.get("/api/health").json()["index_version"]
-    write_article(api_config.corpus, "wharf.txt", "Wharf sold",
-                  "The old Pelham wharf was sold to a shipping cooperative for 4 million dollars.")
+    write_article(
+        api_config.corpus, "wharf.txt", "Wharf sold", "The old Pelham wharf was sold to a shipping cooperative for 4 million dollars."
+    )
     build_index(api_config, embedder)  # as `qa index` run by hand would
     r = client.get("/api/ask", params={"q": "Who bought the Pelham wharf?"}).json()
     assert r["index_version"] == before + 1

@@ -74,8 +74,11 @@ def test_non_utf8_text_is_decoded_not_dropped(tmp_path):
 
 
 def test_only_web_urls_are_kept(tmp_path):
-    records = [{"id": "a", "text": "Body.", "url": "javascript:alert(1)"}, {"id": "b", "text": "Body.", "url": "https://e.com/x"},
-               {"id": "c", "text": "Body.", "url": "data:text/html,<script>1</script>"}]
+    records = [
+        {"id": "a", "text": "Body.", "url": "javascript:alert(1)"},
+        {"id": "b", "text": "Body.", "url": "https://e.com/x"},
+        {"id": "c", "text": "Body.", "url": "data:text/html,<script>1</script>"},
+    ]
     (tmp_path / "r.json").write_text(json.dumps(records))
     urls = {d.id: d.url for d in read_corpus(tmp_path).documents}
     assert urls == {"a": None, "b": "https://e.com/x", "c": None}

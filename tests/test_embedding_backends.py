@@ -119,8 +119,13 @@ def test_ann_index_above_threshold_finds_exact_neighbours_and_survives_changes(t
 def test_build_switches_to_ann_and_keeps_incremental_updates(config, embedder):
     cfg = config.replace(ann_min_vectors=8)
     for i in range(6):
-        write_article(cfg.corpus, f"a{i}.txt", f"Article {i}", f"The plant number {i} produced {i + 3} tonnes of steel in March.",
-                      f"Workers at site {i} went on strike over pay for the {i + 2}nd time this year.")
+        write_article(
+            cfg.corpus,
+            f"a{i}.txt",
+            f"Article {i}",
+            f"The plant number {i} produced {i + 3} tonnes of steel in March.",
+            f"Workers at site {i} went on strike over pay for the {i + 2}nd time this year.",
+        )
     build_index(cfg, embedder)
     index = open_index(cfg)
     assert index.sentence_vectors.approximate and index.sentence_vectors.ntotal == index.manifest.sentences

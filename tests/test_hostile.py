@@ -39,8 +39,7 @@ def test_random_bytes_are_errors_not_crashes(data, suffix):
 
 
 @settings(max_examples=200, deadline=None)
-@given(text=st.text(min_size=1, max_size=2000), encoding=st.sampled_from(ENCODINGS),
-       suffix=st.sampled_from([".txt", ".md", ".html"]))
+@given(text=st.text(min_size=1, max_size=2000), encoding=st.sampled_from(ENCODINGS), suffix=st.sampled_from([".txt", ".md", ".html"]))
 def test_odd_encodings_decode_or_are_reported(text, encoding, suffix):
     try:
         data = text.encode(encoding)
@@ -105,7 +104,9 @@ def test_ids_and_file_names_cannot_escape_the_corpus(hostile_app, tmp_path):
     before = set(outside.rglob("*"))
     with TestClient(app) as c:
         for name in ["../escape.txt", "..\\..\\escape.txt", "/etc/passwd.txt", "....//x.txt", ".hidden.txt", "a/../../b.md"]:
-            r = c.post("/api/documents", headers=AUTH, files={"file": (name, b"Title\n\nSome text that is long enough to index.", "text/plain")})
+            r = c.post(
+                "/api/documents", headers=AUTH, files={"file": (name, b"Title\n\nSome text that is long enough to index.", "text/plain")}
+            )
             assert r.status_code in (201, 422), (name, r.text)
         r = c.post("/api/documents", headers=AUTH, json={"id": "../../../tmp/evil", "title": "Evil", "text": "Text of the evil article."})
         assert r.status_code == 201
@@ -113,5 +114,7 @@ def test_ids_and_file_names_cannot_escape_the_corpus(hostile_app, tmp_path):
             assert c.get(path).status_code == 404
             assert c.delete(path, headers=AUTH).status_code == 404
     created = set(outside.rglob("*")) - before
-    assert all(cfg.corpus.resolve() in p.resolve().parents or str(p.resolve()).startswith(str(cfg.index.resolve())) for p in created), created
+    assert all(cfg.corpus.resolve() in p.resolve().parents or str(p.resolve()).startswith(str(cfg.index.resolve())) for p in created), (
+        created
+    )
     assert not (outside / "escape.txt").exists() and not (outside.parent / "escape.txt").exists()

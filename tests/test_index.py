@@ -70,7 +70,9 @@ def test_cli_reports_skips_in_summary_and_exit_status(config):
     (config.corpus / "bad.json").write_text("[")
     run = subprocess.run(
         [sys.executable, "-m", "qa.cli", "index", "--corpus", str(config.corpus), "--index", str(config.index)],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert run.returncode == 3
     assert "skipped bad.json: invalid JSON" in run.stderr
@@ -110,12 +112,17 @@ def test_second_builder_is_refused_while_one_runs(sample_config, embedder):
 def test_killed_build_leaves_previous_version_serving(sample_config, embedder):
     build_index(sample_config, embedder)
     for i in range(150):
-        write_article(sample_config.corpus, f"filler-{i:03d}.txt", f"Filler {i}",
-                      *[f"Filler article {i}, paragraph {k}: the town of Exampleton reported {i * k} new bicycles."
-                        for k in range(6)])
+        write_article(
+            sample_config.corpus,
+            f"filler-{i:03d}.txt",
+            f"Filler {i}",
+            *[f"Filler article {i}, paragraph {k}: the town of Exampleton reported {i * k} new bicycles." for k in range(6)],
+        )
     proc = subprocess.Popen(
         [sys.executable, "-m", "qa.cli", "index", "--corpus", str(sample_config.corpus), "--index", str(sample_config.index)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 120
     while time.time() < deadline and not list(sample_config.index.glob(".build-*")):

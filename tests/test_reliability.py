@@ -31,14 +31,26 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 def add_fillers(corpus: Path, n: int, tag: str = "filler", paragraphs: int = 4) -> None:
     for i in range(n):
-        write_article(corpus, f"{tag}-{i:03d}.txt", f"{tag.title()} report {i}",
-                      *[f"{tag.title()} report {i}, part {k}: the village of Harlow counted {i * 13 + k} red kites "
-                        f"and {k * 7 + i} herons during the survey week." for k in range(paragraphs)])
+        write_article(
+            corpus,
+            f"{tag}-{i:03d}.txt",
+            f"{tag.title()} report {i}",
+            *[
+                f"{tag.title()} report {i}, part {k}: the village of Harlow counted {i * 13 + k} red kites "
+                f"and {k * 7 + i} herons during the survey week."
+                for k in range(paragraphs)
+            ],
+        )
 
 
 def qa_cli(*args: str, cfg) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "qa.cli", *args, "--corpus", str(cfg.corpus), "--index", str(cfg.index)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "qa.cli", *args, "--corpus", str(cfg.corpus), "--index", str(cfg.index)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 # Load during change.
@@ -54,6 +66,7 @@ def test_queries_never_fail_during_rebuild_uploads_and_deletes(sample_config, em
     stop = threading.Event()
 
     with ThreadServer(create_app(cfg, embedder)) as server:
+
         def client() -> None:
             with httpx.Client(base_url=server.url, timeout=60) as c:
                 while not stop.is_set():
@@ -61,8 +74,13 @@ def test_queries_never_fail_during_rebuild_uploads_and_deletes(sample_config, em
                     r = c.get("/api/ask", params={"q": random.choice(questions)})
                     latencies.append((time.perf_counter() - started) * 1000)
                     body = r.json() if r.status_code == 200 else {}
-                    responses.append((r.status_code, body.get("index_version"),
-                                      {p["document_id"] for p in body.get("passages", [])} | {a["document_id"] for a in body.get("answers", [])}))
+                    responses.append(
+                        (
+                            r.status_code,
+                            body.get("index_version"),
+                            {p["document_id"] for p in body.get("passages", [])} | {a["document_id"] for a in body.get("answers", [])},
+                        )
+                    )
 
         threads = [threading.Thread(target=client) for _ in range(4)]
         for t in threads:
@@ -71,8 +89,14 @@ def test_queries_never_fail_during_rebuild_uploads_and_deletes(sample_config, em
         with httpx.Client(base_url=server.url, timeout=120, headers=AUTH) as c:
             for n in range(6 if STRESS else 3):
                 doc_id = f"quillport-{n}"
-                r = c.post("/api/documents", json={"id": doc_id, "title": f"Quillport news {n}",
-                                                    "text": f"Mara Voss{n} was appointed harbour master of Quillport in spring."})
+                r = c.post(
+                    "/api/documents",
+                    json={
+                        "id": doc_id,
+                        "title": f"Quillport news {n}",
+                        "text": f"Mara Voss{n} was appointed harbour master of Quillport in spring.",
+                    },
+                )
                 assert r.status_code == 201, r.text
                 lifetimes[doc_id] = [r.json()["index_version"], None]
             r = c.post("/api/index/rebuild", json={"full": True})
@@ -92,9 +116,11 @@ def test_queries_never_fail_during_rebuild_uploads_and_deletes(sample_config, em
     statuses = [s for s, _, _ in responses]
     assert statuses and set(statuses) == {200}, f"{len(statuses)} requests, failures: {[s for s in statuses if s != 200]}"
     latencies.sort()
-    print(f"\nload during change: {len(responses)} requests, 0 errors, latency p50 "
-          f"{latencies[len(latencies) // 2]:.0f} ms, p95 {latencies[int(len(latencies) * 0.95)]:.0f} ms, "
-          f"max {latencies[-1]:.0f} ms")
+    print(
+        f"\nload during change: {len(responses)} requests, 0 errors, latency p50 "
+        f"{latencies[len(latencies) // 2]:.0f} ms, p95 {latencies[int(len(latencies) * 0.95)]:.0f} ms, "
+        f"max {latencies[-1]:.0f} ms"
+    )
     for status, version, docs in responses:
         for doc_id, (born, died) in lifetimes.items():
             if doc_id in docs:  # a response only shows an article from versions that had it
@@ -116,9 +142,12 @@ def test_builds_killed_at_random_moments_leave_a_working_index(sample_config, em
     for trial in range(trials):
         add_fillers(sample_config.corpus, 15, tag=f"trial{trial}")
         before = current_version(sample_config.index)
-        proc = subprocess.Popen([sys.executable, "-m", "qa.cli", "index", "--corpus", str(sample_config.corpus),
-                                 "--index", str(sample_config.index)], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qa.cli", "index", "--corpus", str(sample_config.corpus), "--index", str(sample_config.index)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(rng.uniform(0, duration * 1.2))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -143,6 +172,7 @@ def test_server_killed_during_upload_keeps_article_all_or_nothing(sample_config,
         server = ServeProcess(sample_config, sample_config.index.parent / "serve.log", api_key=KEY)
         server.wait_ready()
         try:
+
             def upload() -> None:
                 try:
                     httpx.post(f"{server.url}/api/documents", json=article, headers=AUTH, timeout=60)
@@ -185,9 +215,17 @@ def _garbage(path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name, damage",
-    [("passages.faiss", _truncate), ("sentences.faiss", _garbage), ("store.sqlite", _garbage),
-     ("store.sqlite", _truncate), ("manifest.json", _garbage), ("manifest.json", Path.unlink),
-     ("lexical.rows.npy", _truncate), ("lexical.terms.npy", _garbage), ("lexical.ids.npy", Path.unlink)],
+    [
+        ("passages.faiss", _truncate),
+        ("sentences.faiss", _garbage),
+        ("store.sqlite", _garbage),
+        ("store.sqlite", _truncate),
+        ("manifest.json", _garbage),
+        ("manifest.json", Path.unlink),
+        ("lexical.rows.npy", _truncate),
+        ("lexical.terms.npy", _garbage),
+        ("lexical.ids.npy", Path.unlink),
+    ],
 )
 def test_damaged_index_files_give_a_clear_error(sample_config, embedder, name, damage):
     build_index(sample_config, embedder)
@@ -245,9 +283,16 @@ def test_full_disk_during_a_build_keeps_the_previous_version(sample_config, embe
 
 def test_two_index_commands_at_once_one_waits_or_refuses(sample_config):
     add_fillers(sample_config.corpus, 30)
-    procs = [subprocess.Popen([sys.executable, "-m", "qa.cli", "index", "--corpus", str(sample_config.corpus),
-                               "--index", str(sample_config.index)], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "qa.cli", "index", "--corpus", str(sample_config.corpus), "--index", str(sample_config.index)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outcomes = [(p.wait(300), p.stdout.read(), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _, _ in outcomes)
     assert codes in ([0, 0], [0, 1]), outcomes

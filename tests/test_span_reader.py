@@ -6,7 +6,18 @@ import pytest
 
 from qa.config import Config
 from qa.pipeline import Pipeline
-from qa.span_reader import FLOAT_MATMULS, WEIGHTS, MeanLogits, OnnxLogits, SpanReader, TorchLogits, best_spans, encode, load_qa_model, member_names
+from qa.readers.span import (
+    FLOAT_MATMULS,
+    WEIGHTS,
+    MeanLogits,
+    OnnxLogits,
+    SpanReader,
+    TorchLogits,
+    best_spans,
+    encode,
+    load_qa_model,
+    member_names,
+)
 from tests.conftest import IBM_QUESTION
 
 shipped = pytest.mark.skipif(not (WEIGHTS / "reader.json").exists(), reason="no trained reader in qa/reader_weights")
@@ -191,7 +202,7 @@ def test_threads_tokenize_at_once_without_mixing_settings():
     each call; under load, a question's batch came back unpadded (a 500 in the HTTP benchmark)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from qa.span_reader import token_lengths
+    from qa.readers.span import token_lengths
 
     _, tokenizer = load_qa_model(None)
     contexts = ["Short context.", "A much longer context about IBM, Inspur and the Power8 chips " * 12]
@@ -206,204 +217,6 @@ def test_threads_tokenize_at_once_without_mixing_settings():
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(work, range(800)))
     assert all(r == (expected if k % 2 else lengths) for k, r in enumerate(results))
-
-
-def test_training_windows_target_every_gold_answer():
-    """`make train-reader --all-spans`: each gold answer inside a window is a target; one outside is not."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from qa.embedding import resolve_model
-    from qa.train_reader import _marginal_nll, featurize, gold_spans
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(Config().model))
-    context = "The game was played at Levi's Stadium in Santa Clara, California, on February 7, 2016. " * 3
-    answers = [{"text": "Levi's Stadium", "answer_start": 23}, {"text": "Levi's Stadium in Santa Clara", "answer_start": 0},
-               {"text": "February 7, 2016", "answer_start": 69}, {"text": "Levi's Stadium", "answer_start": 23}]
-    spans = gold_spans(context, answers)
-    assert spans == [(23, 37), (23, 52), (69, 85)]  # duplicates dropped, a wrong offset found again
-    example = {"question": "Where was the game played?", "context": context, "start": 23, "text": "Levi's Stadium", "spans": spans}
-    (window,) = featurize(tokenizer, [example])
-    starts = {window["offsets"][t][0] for t in window["starts"]}
-    ends = {window["offsets"][t][1] for t in window["ends"]}
-    assert starts == {23, 69} and ends == {37, 52, 85}
-    assert window["offsets"][window["start"]][0] == 23 and window["offsets"][window["end"]][1] == 37
-
-    short = featurize(tokenizer, [example], max_len=24, stride=8)  # most windows hold no answer: [CLS] is their target
-    assert any(w["starts"] == [0] and w["start"] == 0 for w in short)
-    logits = torch.randn(3, 12)
-    single = _marginal_nll(logits, [[4], [0], [7]])
-    assert torch.allclose(single, torch.nn.functional.cross_entropy(logits, torch.tensor([4, 0, 7])))
-    assert _marginal_nll(logits, [[4, 5], [0], [7]]) < single  # more allowed positions, more mass
-
-
-def tiny_training(tiny_model, frozen: int):
-    """The tiny model and six cached training windows ("Who won game 3?" -> "team 3")."""
-    from transformers import AutoTokenizer, BertForQuestionAnswering
-
-    from qa.train_reader import cache_lower, featurize
-
-    model = BertForQuestionAnswering.from_pretrained(tiny_model)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    examples = [{"question": f"Who won game {i}?", "context": f"Game {i} was won by team {i} in Denver.", "start": 20, "text": f"team {i}"}
-                for i in range(6)]
-    feats = featurize(tokenizer, examples)
-    cache_lower(model, feats, frozen=frozen)
-    return model, feats
-
-
-def test_training_averages_the_weights_of_its_last_steps(tiny_model):
-    """`train --average D`: a plain mean of the weights after each step until the decay takes over, then an
-    exponential moving average; only trained weights are averaged."""
-    import torch
-
-    from qa.train_reader import train_top
-
-    model, feats = tiny_training(tiny_model, frozen=1)
-    snapshots: list[dict] = []
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-
-    hook = register_optimizer_step_post_hook(
-        lambda *_: snapshots.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}))
-    averages: dict[float, dict] = {0.999: {}, 0.5: {}}
-    try:
-        train_top(model, feats, frozen=1, epochs=1, lr=1e-2, batch=2, seed=0, averages=averages)
-    finally:
-        hook.remove()
-    assert len(snapshots) == 3
-    trained = set(snapshots[0])
-    assert trained and all(n.startswith(("bert.encoder.layer.1.", "qa_outputs.")) for n in trained)
-    assert set(averages[0.999]) == set(averages[0.5]) == trained
-    w1, w2, w3 = snapshots
-    for n in trained:
-        assert torch.allclose(averages[0.999][n], (w1[n] + w2[n] + w3[n]) / 3, atol=1e-6)  # the decay has not taken over
-        assert torch.allclose(averages[0.5][n], 0.25 * w1[n] + 0.25 * w2[n] + 0.5 * w3[n], atol=1e-6)
-    assert not torch.allclose(w3["qa_outputs.weight"], averages[0.5]["qa_outputs.weight"])
-
-
-def test_distillation_follows_the_teachers_mean(tiny_model, tmp_path):
-    """`train --teachers A,B`: each window gets the teachers' mean logits, and the soft loss is zero
-    exactly when the student's distribution over the window's real tokens is theirs."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from qa.train_reader import _distill_loss, featurize, teacher_logits, torch_finfo_min
-
-    second = make_tiny_model(tmp_path / "second", seed=1)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    examples = [{"question": "Who won?", "context": "Team 3 won the game in Denver." * (1 + i), "start": 0, "text": "Team 3"} for i in range(3)]
-    feats = featurize(tokenizer, examples)
-    teacher_logits([str(tiny_model), str(second)], feats)
-    f = feats[2]
-    ids = torch.tensor([f["input_ids"]])
-    types = torch.tensor([f["token_type_ids"]])
-    outs = [load_qa_model(folder)[0](input_ids=ids, token_type_ids=types) for folder in (tiny_model, second)]
-    assert f["teacher_start"].shape == (len(f["input_ids"]),)
-    assert torch.allclose(f["teacher_start"], (outs[0].start_logits[0] + outs[1].start_logits[0]) / 2, atol=1e-4)
-    assert torch.allclose(f["teacher_end"], (outs[0].end_logits[0] + outs[1].end_logits[0]) / 2, atol=1e-4)
-
-    short, long = feats[0]["teacher_start"], feats[2]["teacher_start"]
-    student = torch.full((2, len(long)), torch_finfo_min(long))
-    student[0, : len(short)] = short + 5.0  # the same distribution: a constant shift changes nothing
-    student[1] = long
-    assert _distill_loss(student, [short, long], 2.0).abs() < 1e-5
-    student[1, 1] += 3.0
-    assert _distill_loss(student, [short, long], 2.0) > 1e-3
-
-
-def test_the_span_head_learns_at_its_own_rate(tiny_model):
-    """`train --head-lr 10`: at every step the new head's learning rate is ten times the layers' (warm-up and decay included)."""
-    from torch.optim.optimizer import register_optimizer_step_pre_hook
-
-    from qa.train_reader import train_top
-
-    model, feats = tiny_training(tiny_model, frozen=0)
-    head = {id(p) for p in model.qa_outputs.parameters()}
-    layers = {id(p) for p in model.bert.encoder.layer.parameters()}
-    steps: list[tuple[set, set]] = []
-
-    def rates(opt, *_):
-        steps.append(({g["lr"] for g in opt.param_groups if {id(p) for p in g["params"]} <= head},
-                      {g["lr"] for g in opt.param_groups if {id(p) for p in g["params"]} <= layers}))
-
-    hook = register_optimizer_step_pre_hook(rates)
-    try:
-        train_top(model, feats, frozen=0, epochs=2, lr=1e-3, batch=2, seed=0, head_lr=10.0)
-    finally:
-        hook.remove()
-    assert len(steps) == 6
-    assert len({lr for _, (lr,) in steps}) > 1  # the schedule moves the rate
-    for (head_lr,), (layer_lr,) in steps:
-        assert head_lr == pytest.approx(10 * layer_lr)
-
-
-def test_layer_decay_slows_each_lower_layer(tiny_model):
-    """`train --layer-decay 0.5`: each layer learns at half the rate of the one above it, at every step;
-    the head keeps its own multiple of the top layer's rate."""
-    from torch.optim.optimizer import register_optimizer_step_pre_hook
-
-    from qa.train_reader import train_top
-
-    model, feats = tiny_training(tiny_model, frozen=0)
-    layers = [{id(p) for p in layer.parameters()} for layer in model.bert.encoder.layer]
-    head = {id(p) for p in model.qa_outputs.parameters()}
-    steps: list[list[float]] = []
-
-    def rates(opt, *_):
-        by_group = {frozenset(id(p) for p in g["params"]): g["lr"] for g in opt.param_groups}
-        steps.append([by_group[frozenset(ids)] for ids in layers] + [by_group[frozenset(head)]])
-
-    hook = register_optimizer_step_pre_hook(rates)
-    try:
-        train_top(model, feats, frozen=0, epochs=1, lr=1e-3, batch=2, seed=0, head_lr=4.0, layer_decay=0.5)
-    finally:
-        hook.remove()
-    assert len(steps) == 3 and len(layers) == 2
-    for lower, top, head_lr in steps:
-        assert lower == pytest.approx(0.5 * top) and head_lr == pytest.approx(4 * top)
-
-
-@pytest.mark.parametrize("bf16", [True, False])
-def test_bf16_training_computes_in_bf16_and_keeps_fp32_weights(tiny_model, bf16):
-    """`train --precision bf16`: the forward pass runs in bfloat16; the weights it updates stay fp32."""
-    import torch
-
-    from qa.train_reader import train_top
-
-    model, feats = tiny_training(tiny_model, frozen=0)
-    seen: list = []
-    hook = model.qa_outputs.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
-    before = model.qa_outputs.weight.detach().clone()
-    try:
-        train_top(model, feats, frozen=0, epochs=1, lr=1e-2, batch=2, seed=0, bf16=bf16)
-    finally:
-        hook.remove()
-    assert set(seen) == {torch.bfloat16 if bf16 else torch.float32}
-    assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert not torch.equal(before, model.qa_outputs.weight)
-
-
-def test_unanswerable_questions_go_to_a_paragraph_of_their_article_without_the_answer(tmp_path):
-    import json
-
-    from qa.train_reader import unanswerable
-
-    paragraphs = [
-        {"id": "a1", "title": "Cats", "context": "The cat sat on the mat."},
-        *({"id": f"a2{k}", "title": "Cats", "context": f"The mat number {k} was red, and the cat lay on it."} for k in range(5)),
-        {"id": "a3", "title": "Cats", "context": "Dogs bark at cats."},
-        {"id": "b1", "title": "Boats", "context": "The boat was blue."},
-    ]
-    path = tmp_path / "paragraphs.jsonl"
-    path.write_text("".join(json.dumps(p) + "\n" for p in paragraphs))
-    questions = [
-        *({"id": f"q1{k}", "question": "Where did the cat sit?", "context_id": "a1", "answers": [{"text": "mat", "answer_start": 19}]} for k in range(3)),
-        {"id": "q2", "question": "What colour was the boat?", "context_id": "b1", "answers": [{"text": "blue", "answer_start": 13}]},
-    ]
-    out = unanswerable(path, questions)
-    # the a2 paragraphs hold the answer and b1 has no other paragraph in its article: a3 is the one hard negative
-    assert [(q["id"], q["context_id"], q["answers"], q["is_impossible"]) for q in out] == [(f"q1{k}-elsewhere", "a3", [], True) for k in range(3)]
-    assert questions[0]["context_id"] == "a1"  # the answerable questions are left as they were
 
 
 def test_the_sentences_read_follow_the_configured_weights(tiny_model, sample_index, embedder, tmp_path):

@@ -18,8 +18,14 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 SAMPLE_TITLE = "IBM enters into partnership with China’s Inspur Group Ltd"
 
@@ -102,8 +108,7 @@ def test_ask_shows_highlighted_answer(page, sample_site, tmp_path):
 
 
 def test_page_fits_a_phone(browser, sample_site, tmp_path):
-    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
-                                  is_mobile=True, has_touch=True)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
     try:
         pg = context.new_page()
         for path in ("/", "/?q=" + quote_plus(IBM_QUESTION), "/add"):
@@ -120,7 +125,8 @@ def test_page_fits_a_phone(browser, sample_site, tmp_path):
 
 def test_article_and_question_html_is_shown_as_text(page, config, embedder):
     write_article(
-        config.corpus, "brindlemoor.txt",
+        config.corpus,
+        "brindlemoor.txt",
         f"Brindlemoor ferry {SCRIPT} returns {IMG}",
         f"The Brindlemoor ferry {SCRIPT} returned to service on Friday {IMG} after the canal was dredged.",
         "Passengers said the crossing to Oxhaven now takes eleven minutes instead of forty.",
@@ -154,8 +160,12 @@ def test_article_and_question_html_is_shown_as_text(page, config, embedder):
 
 
 def test_article_url_cannot_run_script(page, config, embedder):
-    record = {"id": "zebrafield", "title": "Zebrafield dam opens", "url": "javascript:window.__xss=5",
-              "text": "The Zebrafield dam opened on Tuesday after nine years of building."}
+    record = {
+        "id": "zebrafield",
+        "title": "Zebrafield dam opens",
+        "url": "javascript:window.__xss=5",
+        "text": "The Zebrafield dam opened on Tuesday after nine years of building.",
+    }
     (config.corpus / "zebrafield.json").write_text(json.dumps(record), encoding="utf-8")
     build_index(config, embedder)
     with serving(create_app(config, embedder)) as base:

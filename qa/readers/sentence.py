@@ -1,8 +1,8 @@
-"""Readers turn retrieved passages into extractive answers: verbatim spans with offsets.
+"""The sentence reader: the best sentences of the retrieved passages, with a heuristic answer span.
 
-`SentenceReader` works offline with the bundled embedding model: it ranks the sentences of the
-retrieved passages by their index-time embeddings and marks the answer span inside the best ones.
-Any reader implements `Reader.read`, so a trained span reader can replace it.
+It needs no model of its own (the sentence vectors were stored at index time), reads in about a
+millisecond, and answers why-questions with the reason clause of the best sentence, which the span
+reader hands over to it.
 """
 
 from __future__ import annotations
@@ -10,15 +10,22 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from qa.config import Config
 from qa.index import IndexVersion
+from qa.lexical import STOP_WORDS
 from qa.models import Answer
+from qa.readers.base import (
+    is_why,
+    make_answer,
+    question_stems,
+    sentence_cosines,
+    stem,
+    trim,
+)
 from qa.retriever import Hit
-from qa.lexical import STOP_WORDS, query_terms
 from qa.store import PassageRow
 
 _WORD = re.compile(r"[\w'’%$£€.-]*\w|[\w$£€]")
@@ -27,7 +34,6 @@ _CAUSE = re.compile(
     r"trying to|tried to|demanded|in a bid to|as part of|owing to|thanks to)\b",
     re.IGNORECASE,
 )
-_WHY = re.compile(r"\s*(why\b|what (was|is|were|are) the (reason|cause|motive|purpose)s?\b|for what reason)", re.I)
 _MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
 _NUMBER = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|million|billion)\b", re.I)
 _DAYS = "monday|tuesday|wednesday|thursday|friday|saturday|sunday"
@@ -43,26 +49,6 @@ class Candidate:
     sentence_start: int
     sentence_end: int
     score: float
-
-
-class Reader(Protocol):
-    def read(
-        self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
-    ) -> list[Answer]: ...
-
-    def warm(self) -> None:
-        """Loads what the first question would otherwise wait for."""
-
-
-def is_why(question: str) -> bool:
-    """A question that asks for a reason: its answer is a clause, often spread over an article."""
-    return bool(_WHY.match(question))
-
-
-def stem(word: str) -> str:
-    """A crude stem, enough to match 'partner' with 'partnership' and 'analyse' with 'analysed'."""
-    w = word.lower()
-    return w[:5] if len(w) > 5 else w
 
 
 class SentenceReader:
@@ -81,17 +67,13 @@ class SentenceReader:
         why = is_why(question)
         if why:  # reasons are spread over an article: read all of the best one
             hits, rows = _whole_document(index, hits, rows)
-        sentences = index.store.sentences([h.passage_id for h in hits])
-        ids = [s.id for h in hits for s in sentences[h.passage_id]]
-        if not ids:
+        found = sentence_cosines(index, hits, question_vector)
+        if found is None:
             return []
-        vectors = np.vstack([index.sentence_vectors.reconstruct(int(i)) for i in ids])
-        cosines = vectors @ question_vector
-        q_stems = {stem(t) for t in query_terms(question)}
+        sentences, cosines = found
+        q_stems = question_stems(question)
         sentence_words = [
-            {stem(w) for w in re.findall(r"\w+", rows[h.passage_id].text[s.start : s.end])}
-            for h in hits
-            for s in sentences[h.passage_id]
+            {stem(w) for w in re.findall(r"\w+", rows[h.passage_id].text[s.start : s.end])} for h in hits for s in sentences[h.passage_id]
         ]
         weights = _local_idf(q_stems, sentence_words)
         total = sum(weights.values())
@@ -105,9 +87,7 @@ class SentenceReader:
                 words = sentence_words[k]
                 overlap = sum(weights[t] for t in q_stems & words) / total if total else 0.0
                 score = (
-                    cfg.reader_weight_cosine * float(cosines[k])
-                    + cfg.reader_weight_overlap * overlap
-                    + cfg.reader_weight_passage * h.score
+                    cfg.reader_weight_cosine * float(cosines[k]) + cfg.reader_weight_overlap * overlap + cfg.reader_weight_passage * h.score
                 )
                 if why:  # a why-question wants a reason: favour sentences that give one
                     score += 0.15 if _CAUSE.search(text) else -0.1
@@ -129,25 +109,6 @@ class SentenceReader:
             s, e = answer_span(question, sentence, q_stems, why)
             answers.append(make_answer(row, c.sentence_start + s, c.sentence_start + e, c.sentence_start, c.sentence_end, score))
         return answers
-
-
-def make_answer(row: PassageRow, start: int, end: int, sentence_start: int, sentence_end: int, score: float) -> Answer:
-    """The answer object for passage[start:end], inside passage[sentence_start:sentence_end]."""
-    return Answer(
-        text=row.text[start:end],
-        score=round(score, 4),
-        start=start,
-        end=end,
-        document_start=row.start + start,
-        document_end=row.start + end,
-        sentence=row.text[sentence_start:sentence_end],
-        sentence_start=sentence_start,
-        passage_id=row.id,
-        document_id=row.document_id,
-        title=row.title,
-        date=row.date,
-        url=row.url,
-    )
 
 
 def _local_idf(terms: set[str], documents: list[set[str]]) -> dict[str, float]:
@@ -174,7 +135,7 @@ def answer_span(question: str, sentence: str, q_stems: set[str], why: bool) -> t
     if why:
         m = _CAUSE.search(sentence)
         start = m.start() if m else 0
-        return _trim(sentence, start, len(sentence))
+        return _clause(sentence, start, len(sentence))
     tokens = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(sentence)]
     if not tokens:
         return 0, len(sentence)
@@ -203,9 +164,7 @@ def answer_span(question: str, sentence: str, q_stems: set[str], why: bool) -> t
         text = sentence[tokens[i][0] : tokens[j][1]]
         n = j - i + 1
         score = 0.0
-        if wants == "number" and _NUMBER.search(text):
-            score += 2
-        elif wants == "date" and _DATE.search(text):
+        if wants == "number" and _NUMBER.search(text) or wants == "date" and _DATE.search(text):
             score += 2
         elif wants == "name" and any(t[2][:1].isupper() and not _DATE.fullmatch(t[2]) for t in tokens[i : j + 1]):
             score += 1.5
@@ -216,7 +175,7 @@ def answer_span(question: str, sentence: str, q_stems: set[str], why: bool) -> t
         if score > best_score:
             best, best_score = (tokens[i][0], tokens[j][1]), score
     if best is None:
-        return _trim(sentence, 0, len(sentence))
+        return _clause(sentence, 0, len(sentence))
     return best
 
 
@@ -231,19 +190,7 @@ def _answer_type(question: str) -> str:
     return "other"
 
 
-def _trim(text: str, start: int, end: int) -> tuple[int, int]:
-    while start < end and (text[start].isspace() or text[start] in ",;:"):
-        start += 1
-    while end > start and (text[end - 1].isspace() or text[end - 1] in ".,;:"):
-        end -= 1
-    return (start, end) if end > start else (0, len(text))
-
-
-def make_reader(config: Config) -> Reader:
-    if config.reader == "sentence":
-        return SentenceReader(config)
-    if config.reader == "span":
-        from qa.span_reader import SpanReader  # loads transformers only when asked for
-
-        return SpanReader(config)
-    raise ValueError(f"unknown reader {config.reader!r} (available: sentence, span)")
+def _clause(sentence: str, start: int, end: int) -> tuple[int, int]:
+    """A clause of the sentence, trimmed; the whole sentence when nothing is left."""
+    start, end = trim(sentence, start, end, trailing=".,;:")
+    return (start, end) if end > start else (0, len(sentence))

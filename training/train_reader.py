@@ -1,12 +1,11 @@
 """`make train-reader`: train the span reader shipped in qa/reader_weights/, and measure it.
 
-    python -m qa.train_reader train [--epochs 3] [--frozen 0] [--limit N] [--curve 0.25,0.5] [--precision auto|fp32|bf16]
-                                    [--max-len 384 --stride 128] [--lr 3e-4 --layer-decay 0.8 --head-lr 5]
-                                    [--teachers shipped,DIR,...] [--average 0.99]
-    python -m qa.train_reader eval --reader span|sentence --mode gold|open --set squad|rtqa [--limit N]
-                                   [--titles A,B] [--unanswerable]
+    python -m training.train_reader train [--epochs 3] [--frozen 0] [--limit N] [--precision auto|fp32|bf16]
+                                          [--max-len 384 --stride 128] [--lr 3e-4 --layer-decay 0.8 --head-lr 5]
+    python -m training.train_reader eval --reader span|sentence --mode gold|open --set squad|rtqa [--limit N]
+                                         [--titles A,B] [--unanswerable]
 
-Data (../shared/data, never committed):
+Data (../shared/data beside the repo, or --data; never committed):
 - squad11_dev13 split BY ARTICLE: the articles in HELD_OUT_TITLES are never trained on;
 - realtimeqa_2020_2021, the extractive subset (`answer_in_context`), split by question id
   (a fixed hash: one question in five is held out).
@@ -18,7 +17,7 @@ saved, in fp16, next to `reader.json`. FROZEN_LAYERS = 0 (all six layers) beat 2
 the held-out SQuAD articles, in less than an hour on this 2-core machine. The recipe (384-token
 windows, layer-wise learning-rate decay 0.8 from 3e-4 at the top, the span head at 1.5e-3, bf16
 autocast where the CPU has it: 31 minutes) took two changes that won on a dev fold of the training
-articles (bench/reader_sweep.py) and read held-out SQuAD gold F1 0.611 / 0.600 with seeds 13 / 7
+articles (training/reader_sweep.py) and read held-out SQuAD gold F1 0.611 / 0.600 with seeds 13 / 7
 through the service, against 0.5925 / 0.589 for the 192-token recipe before it. Targets are SQuAD 2
 style: windows without the answer (and a question paired with another paragraph of its article)
 point at [CLS] = no answer.
@@ -38,8 +37,9 @@ import numpy as np
 
 from qa.config import DEFAULT_MODEL, Config
 from qa.evaluate import exact_match, f1_score, read_jsonl
-from qa.span_reader import META_FILE, TOP_FILE, WEIGHTS
+from qa.readers.span import META_FILE, TOP_FILE, WEIGHTS
 
+#: ../shared/data: the shared/ folder beside the repo (training/ is at the repo's root).
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 SQUAD = "squad11_dev13"
 RTQA = "realtimeqa_2020_2021"
@@ -90,9 +90,16 @@ def load_examples(data: Path = DATA) -> tuple[list[dict], list[dict], dict[str, 
                 if start < 0:
                     continue
             ex = {
-                "id": q["id"], "question": q["question"], "context": ctx, "context_id": q["context_id"],
-                "answers": [x["text"] for x in q["answers"]], "start": start, "text": a["text"],
-                "spans": gold_spans(ctx, q["answers"]), "title": p.get("title") or p["id"], "set": name,
+                "id": q["id"],
+                "question": q["question"],
+                "context": ctx,
+                "context_id": q["context_id"],
+                "answers": [x["text"] for x in q["answers"]],
+                "start": start,
+                "text": a["text"],
+                "spans": gold_spans(ctx, q["answers"]),
+                "title": p.get("title") or p["id"],
+                "set": name,
             }
             out = held if (ex["title"] in HELD_OUT_TITLES if name == SQUAD else rtqa_held_out(q["id"])) else train
             out.append(ex)
@@ -115,9 +122,13 @@ def gold_spans(context: str, answers: list[dict]) -> list[tuple[int, int]]:
 def featurize(tokenizer, examples: list[dict], max_len: int = MAX_LEN, stride: int = STRIDE, labels: bool = True) -> list[dict]:
     """Windows: input ids, token types, offsets, the example's index, and start/end targets (0 = no answer)."""
     enc = tokenizer(
-        [e["question"] for e in examples], [e["context"] for e in examples],
-        truncation="only_second", max_length=max_len, stride=stride,
-        return_overflowing_tokens=True, return_offsets_mapping=True,
+        [e["question"] for e in examples],
+        [e["context"] for e in examples],
+        truncation="only_second",
+        max_length=max_len,
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
     )
     feats = []
     for w, i in enumerate(enc["overflow_to_sample_mapping"]):
@@ -136,11 +147,19 @@ def featurize(tokenizer, examples: list[dict], max_len: int = MAX_LEN, stride: i
             first = tokens(ex["start"], ex["start"] + len(ex["text"]))
             targets = [t for t in (tokens(a, b) for a, b in ex.get("spans") or [(ex["start"], ex["start"] + len(ex["text"]))]) if t]
         s_tok, e_tok = first or (0, 0)
-        feats.append({
-            "input_ids": enc["input_ids"][w], "token_type_ids": enc["token_type_ids"][w],
-            "offsets": offsets, "seq": seq, "example": i, "start": s_tok, "end": e_tok,
-            "starts": sorted({a for a, _ in targets}) or [0], "ends": sorted({b for _, b in targets}) or [0],
-        })
+        feats.append(
+            {
+                "input_ids": enc["input_ids"][w],
+                "token_type_ids": enc["token_type_ids"][w],
+                "offsets": offsets,
+                "seq": seq,
+                "example": i,
+                "start": s_tok,
+                "end": e_tok,
+                "starts": sorted({a for a, _ in targets}) or [0],
+                "ends": sorted({b for _, b in targets}) or [0],
+            }
+        )
     return feats
 
 
@@ -173,7 +192,7 @@ def synthetic_examples(n: int, rng: random.Random, data: Path = DATA) -> list[di
     candidates = []
     for article in read_jsonl(data / "bbc_news" / "articles.jsonl"):
         paragraphs = [p for p in article["text"].split("\n\n") if p.strip()]
-        for k, para in enumerate(paragraphs[1:], 1):  # the first paragraph often repeats the title
+        for k, _para in enumerate(paragraphs[1:], 1):  # the first paragraph often repeats the title
             candidates.append((article["id"], paragraphs, k))
     rng.shuffle(candidates)
     out: list[dict] = []
@@ -192,11 +211,19 @@ def synthetic_examples(n: int, rng: random.Random, data: Path = DATA) -> list[di
             question = (sentence[: m.start()] + wh + sentence[m.end() :]).rstrip(" .!") + "?"
             context = para + ("\n\n" + paragraphs[k + 1] if k + 1 < len(paragraphs) and rng.random() < 0.5 else "")
             text = m.group(0).strip()
-            out.append({
-                "id": f"synthetic-{doc_id}-{k}", "question": question[0].upper() + question[1:], "context": context,
-                "context_id": f"{doc_id}-{k}", "answers": [text], "start": a + m.start(), "text": text,
-                "title": doc_id, "set": "synthetic",
-            })
+            out.append(
+                {
+                    "id": f"synthetic-{doc_id}-{k}",
+                    "question": question[0].upper() + question[1:],
+                    "context": context,
+                    "context_id": f"{doc_id}-{k}",
+                    "answers": [text],
+                    "start": a + m.start(),
+                    "text": text,
+                    "title": doc_id,
+                    "set": "synthetic",
+                }
+            )
             break
         if len(out) >= n:
             break
@@ -313,60 +340,22 @@ def _stack_hidden(feats: list[dict], b: list[int]):
     return h, mask
 
 
-def _marginal_nll(logits, targets: list[list[int]]):
-    """-log of the probability mass on any of the allowed positions, averaged over the batch."""
-    import torch
-
-    allowed = torch.zeros_like(logits, dtype=torch.bool)
-    for j, ts in enumerate(targets):
-        allowed[j, ts] = True
-    gold = logits.masked_fill(~allowed, torch_finfo_min(logits)).logsumexp(-1)
-    return (logits.logsumexp(-1) - gold).mean()
-
-
-def _distill_loss(logits, teacher: list, temperature: float):
-    """KL(teacher || student) over a window's positions, softened, scaled by T^2 as usual."""
-    import torch
-
-    t = torch.full_like(logits, torch_finfo_min(logits))
-    for j, x in enumerate(teacher):
-        t[j, : x.shape[0]] = x
-    student = torch.log_softmax(logits / temperature, -1)
-    return torch.nn.functional.kl_div(student, torch.softmax(t / temperature, -1), reduction="batchmean") * temperature**2
-
-
-def teacher_logits(folders: list[str], feats: list[dict], batch: int = 64) -> None:
-    """Adds the teachers' mean start and end logits to each window (their ensemble, to distil)."""
-    import torch
-
-    from qa.span_reader import load_qa_model
-
-    started = time.time()
-    for k, folder in enumerate(folders):
-        teacher, _ = load_qa_model(folder or None)
-        with torch.inference_mode():
-            for b in _batches(feats, batch):
-                ids, mask = _pad([feats[i]["input_ids"] for i in b])
-                types, _ = _pad([feats[i]["token_type_ids"] for i in b])
-                out = teacher(input_ids=ids, attention_mask=mask, token_type_ids=types)
-                for j, i in enumerate(b):
-                    n = len(feats[i]["input_ids"])
-                    for key, logits in (("teacher_start", out.start_logits), ("teacher_end", out.end_logits)):
-                        x = logits[j, :n].float() / len(folders)
-                        feats[i][key] = x if k == 0 else feats[i][key] + x
-        print(f"  teacher {folder or 'shipped'}: {time.time() - started:.0f}s", flush=True)
-
-
-def train_top(model, feats: list[dict], frozen: int, epochs: int, lr: float, batch: int, seed: int, label: str = "", probe=None, probes: int = 4,
-              all_spans: bool = False, averages: dict[float, dict] | None = None, distill: float = 0.0, temperature: float = 2.0,
-              head_lr: float = 1.0, bf16: bool = False, layer_decay: float = 1.0) -> list[dict]:
+def train_top(
+    model,
+    feats: list[dict],
+    frozen: int,
+    epochs: int,
+    lr: float,
+    batch: int,
+    seed: int,
+    label: str = "",
+    probe=None,
+    probes: int = 4,
+    head_lr: float = 1.0,
+    bf16: bool = False,
+    layer_decay: float = 1.0,
+) -> list[dict]:
     """Trains in place; `probe()` is measured `probes` times in the first epoch and after each later one (a learning curve).
-    `averages` maps decays to empty dicts that are filled with the exponential moving averages of the
-    trained weights (a cheap ensemble of the run's last steps, with the usual warm-up of the decay).
-    With `distill` > 0, that share of the loss is the KL divergence to teachers' start and end
-    distributions (`teacher_start`/`teacher_end` of each window, softened by `temperature`).
-    With `all_spans`, a window's target is any gold answer's start and any gold answer's end (SQuAD's
-    answers differ mostly in where they stop), not only the first answer's.
     The span head, new and small, learns at `head_lr` times the layers' rate; each layer below the
     top learns at `layer_decay` times the rate of the one above it (layer-wise decay: the lower
     layers, more general, move less).
@@ -384,7 +373,6 @@ def train_top(model, feats: list[dict], frozen: int, epochs: int, lr: float, bat
     params = [p for g in groups for p in g["params"]]
     for p in params:
         p.requires_grad_(True)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01)
     steps = epochs * len(_batches(feats, batch))
     warm = max(1, steps // 10)
@@ -395,23 +383,16 @@ def train_top(model, feats: list[dict], frozen: int, epochs: int, lr: float, bat
     per_epoch = len(_batches(feats, batch))
     at = {round(per_epoch * (k + 1) / probes) for k in range(probes)} | {per_epoch * (e + 1) for e in range(epochs)}
     curve: list[dict] = []
-    for epoch in range(epochs):
+    for _epoch in range(epochs):
         total = 0.0
         for b in _batches(feats, batch, rng):
             h, mask = _stack_hidden(feats, b)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 start, end = top_forward(model, frozen, h, mask)
             start, end = start.float(), end.float()
-            if all_spans:
-                loss = (_marginal_nll(start, [feats[i]["starts"] for i in b]) + _marginal_nll(end, [feats[i]["ends"] for i in b])) / 2
-            else:
-                ys = torch.tensor([feats[i]["start"] for i in b])
-                ye = torch.tensor([feats[i]["end"] for i in b])
-                loss = (loss_fn(start, ys) + loss_fn(end, ye)) / 2
-            if distill:
-                soft = (_distill_loss(start, [feats[i]["teacher_start"] for i in b], temperature)
-                        + _distill_loss(end, [feats[i]["teacher_end"] for i in b], temperature)) / 2
-                loss = (1 - distill) * loss + distill * soft
+            ys = torch.tensor([feats[i]["start"] for i in b])
+            ye = torch.tensor([feats[i]["end"] for i in b])
+            loss = (loss_fn(start, ys) + loss_fn(end, ye)) / 2
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -419,22 +400,22 @@ def train_top(model, feats: list[dict], frozen: int, epochs: int, lr: float, bat
             opt.zero_grad()
             total += loss.item()
             step += 1
-            for decay, avg in (averages or {}).items():
-                d = min(decay, 1 - 1 / step)  # a plain mean of the steps so far, until the decay takes over
-                with torch.no_grad():
-                    for name, p in named:
-                        if name in avg:
-                            avg[name].mul_(d).add_(p.detach(), alpha=1 - d)
-                        else:
-                            avg[name] = p.detach().clone()
             if probe is not None and step in at:
                 model.eval()
-                point = {"step": step, "epoch": round(step / per_epoch, 2), "windows_seen": min(step * batch, len(feats)) if step <= per_epoch else len(feats), **probe()}
+                point = {
+                    "step": step,
+                    "epoch": round(step / per_epoch, 2),
+                    "windows_seen": min(step * batch, len(feats)) if step <= per_epoch else len(feats),
+                    **probe(),
+                }
                 print("  curve", json.dumps(point), flush=True)
                 curve.append(point)
                 model.train()
             if step % 25 == 0:
-                print(f"  train {label} step {step}/{steps} loss {total / ((step - 1) % per_epoch + 1):.3f} {time.time() - started:.0f}s", flush=True)
+                print(
+                    f"  train {label} step {step}/{steps} loss {total / ((step - 1) % per_epoch + 1):.3f} {time.time() - started:.0f}s",
+                    flush=True,
+                )
     model.eval()
     return curve
 
@@ -443,7 +424,7 @@ def eval_cached(model, frozen: int, feats: list[dict], examples: list[dict], max
     """Whole-gold-paragraph reading on cached windows: EM/F1 of the best span (no-answer ignored)."""
     import torch
 
-    from qa.span_reader import best_spans
+    from qa.readers.span import best_spans
 
     best: dict[int, tuple[float, str]] = {}
     with torch.inference_mode():
@@ -508,16 +489,17 @@ def cmd_train(args) -> None:
     held_rtqa = [e for e in held if e["set"] == RTQA]
     if args.held_limit:
         held_squad = random.Random(SEED).sample(held_squad, min(args.held_limit, len(held_squad)))
-    print(f"train {len(train)} questions (squad {sum(e['set'] == SQUAD for e in train)}, rtqa {sum(e['set'] == RTQA for e in train)}); "
-          f"held out squad {len(held_squad)}, rtqa {len(held_rtqa)}", flush=True)
+    print(
+        f"train {len(train)} questions (squad {sum(e['set'] == SQUAD for e in train)}, rtqa {sum(e['set'] == RTQA for e in train)}); "
+        f"held out squad {len(held_squad)}, rtqa {len(held_rtqa)}",
+        flush=True,
+    )
     model, tokenizer = base_model(args.seed)
     negs = negatives(train, by_title, rng)
     for n in negs:
         n["negative"] = True
     train_all = train + negs
     feats = featurize(tokenizer, train_all, args.max_len, args.stride)
-    for f in feats:
-        f["question"] = train_all[f["example"]]["id"]
     pos = sum(f["start"] > 0 for f in feats)
     print(f"{len(feats)} training windows ({pos} with the answer, {len(feats) - pos} no-answer)", flush=True)
     h_feats = {name: featurize(tokenizer, ex, PROBE_LEN, PROBE_STRIDE) for name, ex in (("squad", held_squad), ("rtqa", held_rtqa))}
@@ -526,24 +508,7 @@ def cmd_train(args) -> None:
         cache_lower(model, fs, args.frozen, label=name)
     cached_at = time.time()
     print(f"cached lower layers in {cached_at - started:.0f}s", flush=True)
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
 
-    curve = []
-    fractions = [float(x) for x in args.curve.split(",") if x] if args.curve else []
-    for frac in fractions:  # the same recipe on the first part of the (shuffled) training questions
-        keep_ids = {e["id"] for e in train[: int(len(train) * frac)]}
-        sub = [f for f in feats if f["question"] in keep_ids]
-        model.load_state_dict(initial)
-        t = time.time()
-        train_top(model, sub, args.frozen, args.epochs, args.lr, args.batch, args.seed, label=f"{frac:.2f}", all_spans=args.all_spans, head_lr=args.head_lr, bf16=bf16,
-                  layer_decay=args.layer_decay)
-        point = {"fraction": frac, "questions": len(keep_ids), "windows": len(sub), "train_s": round(time.time() - t),
-                 "squad_gold_paragraph": eval_cached(model, args.frozen, h_feats["squad"], held_squad),
-                 "rtqa_gold_paragraph": eval_cached(model, args.frozen, h_feats["rtqa"], held_rtqa)}
-        print(json.dumps(point), flush=True)
-        curve.append(point)
-
-    model.load_state_dict(initial)
     t = time.time()
     probe_squad = random.Random(SEED).sample(range(len(held_squad)), min(400, len(held_squad)))
     probe_ex = [held_squad[i] for i in probe_squad]
@@ -554,37 +519,51 @@ def cmd_train(args) -> None:
     def probe() -> dict:
         return {"squad_gold_paragraph_400": eval_cached(model, args.frozen, probe_feats, probe_ex)}
 
-    decays = sorted({args.average, *args.also_average} - {0.0})
-    averages: dict[float, dict] = {d: {} for d in decays}
-    teachers = [("" if t == "shipped" else t) for t in args.teachers.split(",")] if args.teachers else []
-    if teachers:
-        teacher_logits(teachers, feats)
-    steps_curve = train_top(model, feats, args.frozen, args.epochs, args.lr, args.batch, args.seed, label="all", probe=probe,
-                            all_spans=args.all_spans, averages=averages, distill=args.distill if teachers else 0.0,
-                            temperature=args.temperature, head_lr=args.head_lr, bf16=bf16, layer_decay=args.layer_decay)
-    final = {"fraction": 1.0, "questions": len(train), "windows": len(feats), "train_s": round(time.time() - t),
-             "squad_gold_paragraph": eval_cached(model, args.frozen, h_feats["squad"], held_squad),
-             "rtqa_gold_paragraph": eval_cached(model, args.frozen, h_feats["rtqa"], held_rtqa)}
+    steps_curve = train_top(
+        model,
+        feats,
+        args.frozen,
+        args.epochs,
+        args.lr,
+        args.batch,
+        args.seed,
+        label="all",
+        probe=probe,
+        head_lr=args.head_lr,
+        bf16=bf16,
+        layer_decay=args.layer_decay,
+    )
+    final = {
+        "fraction": 1.0,
+        "questions": len(train),
+        "windows": len(feats),
+        "train_s": round(time.time() - t),
+        "squad_gold_paragraph": eval_cached(model, args.frozen, h_feats["squad"], held_squad),
+        "rtqa_gold_paragraph": eval_cached(model, args.frozen, h_feats["rtqa"], held_rtqa),
+    }
     print(json.dumps(final), flush=True)
-    curve.append(final)
-    last = {k: v.clone() for k, v in model.state_dict().items()}
-    averaged = []  # the same run's averaged weights: a comparison free of seed-to-seed noise
-    for d in decays:
-        model.load_state_dict({**last, **averages[d]})
-        point = {"average_decay": d, "squad_gold_paragraph": eval_cached(model, args.frozen, h_feats["squad"], held_squad),
-                 "rtqa_gold_paragraph": eval_cached(model, args.frozen, h_feats["rtqa"], held_rtqa)}
-        print(json.dumps(point), flush=True)
-        averaged.append(point)
-    model.load_state_dict({**last, **averages.get(args.average, {})})
     meta = {
-        "base_model": DEFAULT_MODEL, "architecture": "BertForQuestionAnswering", "frozen_layers": args.frozen,
-        "max_len": args.max_len, "stride": args.stride, "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "head_lr": args.head_lr,
-        "layer_decay": args.layer_decay, "batch": args.batch, "precision": "bf16" if bf16 else "fp32",
-        "held_out_titles": list(HELD_OUT_TITLES), "rtqa_held_out": "md5(question id) % 5 == 0",
-        "all_gold_spans": args.all_spans, "train_questions": len(train), "synthetic_questions": args.synthetic, "train_windows": len(feats), "negative_fraction": NEGATIVE_FRACTION,
-        "teachers": teachers or None, "distill": args.distill if teachers else None, "temperature": args.temperature if teachers else None,
-        "average_decay": args.average or None, "learning_curve": curve, "learning_curve_within_run": steps_curve,
-        **({"averaged": averaged} if averaged else {}), "wall_s": round(time.time() - started),
+        "base_model": DEFAULT_MODEL,
+        "architecture": "BertForQuestionAnswering",
+        "frozen_layers": args.frozen,
+        "max_len": args.max_len,
+        "stride": args.stride,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "head_lr": args.head_lr,
+        "layer_decay": args.layer_decay,
+        "batch": args.batch,
+        "precision": "bf16" if bf16 else "fp32",
+        "held_out_titles": list(HELD_OUT_TITLES),
+        "rtqa_held_out": "md5(question id) % 5 == 0",
+        "train_questions": len(train),
+        "synthetic_questions": args.synthetic,
+        "train_windows": len(feats),
+        "negative_fraction": NEGATIVE_FRACTION,
+        "learning_curve": [final],
+        "learning_curve_within_run": steps_curve,
+        "wall_s": round(time.time() - started),
     }
     out = Path(args.out)
     save_top(model, args.frozen, out, meta)
@@ -660,10 +639,20 @@ def evaluate_reader(config: Config, paragraphs_path: Path, questions: list[dict]
         k[1] += f
     n = max(1, len(questions) - impossible)
     return {
-        "questions": len(questions) - impossible, "mode": mode, "em": round(em / n, 4), "f1": round(f1 / n, 4),
+        "questions": len(questions) - impossible,
+        "mode": mode,
+        "em": round(em / n, 4),
+        "f1": round(f1 / n, 4),
         "no_answer_rate": round(empty / n, 4),
-        **({"unanswerable": impossible, "no_answer_accuracy": round(abstained / impossible, 4),
-            "squad2_f1": round((f1 + abstained) / (n + impossible), 4)} if impossible else {}),
+        **(
+            {
+                "unanswerable": impossible,
+                "no_answer_accuracy": round(abstained / impossible, 4),
+                "squad2_f1": round((f1 + abstained) / (n + impossible), 4),
+            }
+            if impossible
+            else {}
+        ),
         "f1_by_kind": {k: {"n": v[0], "f1": round(v[1] / v[0], 4)} for k, v in by_kind.items()},
         "latency_ms_p50": round(float(np.percentile(latencies, 50)), 1),
         "latency_ms_p95": round(float(np.percentile(latencies, 95)), 1),
@@ -671,12 +660,20 @@ def evaluate_reader(config: Config, paragraphs_path: Path, questions: list[dict]
 
 
 def cmd_eval(args) -> None:
-    from qa.reader import SentenceReader
-    from qa.span_reader import SpanReader
+    from qa.readers.sentence import SentenceReader
+    from qa.readers.span import SpanReader
 
-    overrides = {k: v for k, v in (("span_context_tokens", args.context_tokens), ("span_max_tokens", args.max_tokens),
-                                   ("span_null_margin", args.null_margin), ("answer_threshold", args.threshold),
-                                   ("span_passage_weight", args.passage_weight)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("span_context_tokens", args.context_tokens),
+            ("span_max_tokens", args.max_tokens),
+            ("span_null_margin", args.null_margin),
+            ("answer_threshold", args.threshold),
+            ("span_passage_weight", args.passage_weight),
+        )
+        if v is not None
+    }
     config = Config.load(**overrides)
     paragraphs, questions = held_out_questions(args.set, Path(args.data))
     if args.titles:  # e.g. half the held-out articles, to choose a setting there and check it on the rest
@@ -695,10 +692,10 @@ def cmd_eval(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m qa.train_reader")
+    ap = argparse.ArgumentParser(prog="python -m training.train_reader")
     sub = ap.add_subparsers(dest="cmd")
     t = sub.add_parser("train")
-    t.add_argument("--data", default=str(DATA))
+    t.add_argument("--data", default=str(DATA), help="the data folder (default: shared/data beside the repo)")
     t.add_argument("--out", default=str(WEIGHTS))
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--lr", type=float, default=LR, help="the top layer's learning rate")
@@ -708,22 +705,24 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--stride", type=int, default=STRIDE, help="overlap of a long paragraph's windows, tokens")
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="bf16: autocast, 1.34x faster where the CPU has native bf16 (AVX-512 BF16, AMX), same held-out F1; auto: bf16 there, else fp32")
-    t.add_argument("--seed", type=int, default=SEED, help="training order, negatives, synthetic questions, head init (the held-out split does not move)")
+    t.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="bf16: autocast, faster where the CPU has native bf16 (AVX-512 BF16, AMX), same held-out F1; auto: bf16 there, else fp32",
+    )
+    t.add_argument(
+        "--seed",
+        type=int,
+        default=SEED,
+        help="training order, negatives, synthetic questions, head init (the held-out split does not move)",
+    )
     t.add_argument("--frozen", type=int, default=FROZEN_LAYERS, help="lower layers kept as they are (outputs cached)")
     t.add_argument("--limit", type=int, default=0, help="train on the first N (shuffled) questions")
     t.add_argument("--held-limit", type=int, default=0, help="measure on N held-out SQuAD questions")
     t.add_argument("--synthetic", type=int, default=1500, help="add N cloze questions made from BBC news sentences")
-    t.add_argument("--all-spans", action="store_true", help="target any gold answer's start and end, not only the first's")
-    t.add_argument("--average", type=float, default=0.0, help="ship the moving average of the weights with this decay (e.g. 0.995), not the last step's")
-    t.add_argument("--also-average", type=float, nargs="*", default=[], help="also measure averages with these decays")
-    t.add_argument("--teachers", default="", help="distil from these trained readers (comma-separated folders, 'shipped'), their logits averaged")
-    t.add_argument("--distill", type=float, default=0.5, help="with --teachers: the share of the loss that follows them")
-    t.add_argument("--temperature", type=float, default=2.0, help="with --teachers: how much their distributions are softened")
-    t.add_argument("--curve", default="", help="also train on these fractions, e.g. 0.25,0.5")
     e = sub.add_parser("eval")
-    e.add_argument("--data", default=str(DATA))
+    e.add_argument("--data", default=str(DATA), help="the data folder (default: shared/data beside the repo)")
     e.add_argument("--reader", choices=("span", "sentence"), default="span")
     e.add_argument("--mode", choices=("gold", "open"), default="gold")
     e.add_argument("--set", choices=("squad", "rtqa"), default="squad")

@@ -35,19 +35,25 @@ from qa.config import Config
 from qa.embedding import resolve_model
 from qa.index import IndexVersion
 from qa.models import Answer
-from qa.reader import SentenceReader, is_why, make_answer, stem
+from qa.readers.base import (
+    is_why,
+    make_answer,
+    question_stems,
+    sentence_cosines,
+    stem,
+    trim,
+)
+from qa.readers.sentence import SentenceReader
 from qa.retriever import Hit
-from qa.lexical import query_terms
 from qa.store import PassageRow
 
-WEIGHTS = Path(__file__).resolve().parent / "reader_weights"
+WEIGHTS = Path(__file__).resolve().parent.parent / "reader_weights"
 META_FILE = "reader.json"
 TOP_FILE = "top_layers.safetensors"
 #: `Config.reader_precision`: the ONNX reader's weights quantised with the embedder's, or kept in fp32.
 PRECISIONS = ("int8", "float")
 #: The MatMuls the int8 reader keeps in fp32: each layer's feed-forward output projection, whose
-#: inputs (after GELU) have the outliers that int8 rounds away. Quantising them cost held-out SQuAD
-#: gold F1 0.011 (0.5816 against 0.5925 without them); keeping them costs no measurable latency.
+#: inputs (after GELU) have the outliers that int8 rounds away (docs/reader.md has the figures).
 FLOAT_MATMULS = r"/layer\.\d+/output/dense/"
 
 _torch_lock = threading.Lock()
@@ -300,8 +306,10 @@ class SpanReader:
         vocab = loaded[0][1].get_vocab()
         for name, (_, tokenizer) in zip(names[1:], loaded[1:]):
             if tokenizer.get_vocab() != vocab:
-                raise ValueError(f"reader model {name or 'shipped'}: its tokenizer is not {names[0] or 'shipped'}'s, "
-                                 "and an ensemble reads one tokenization")
+                raise ValueError(
+                    f"reader model {name or 'shipped'}: its tokenizer is not {names[0] or 'shipped'}'s, "
+                    "and an ensemble reads one tokenization"
+                )
         return loaded
 
     @property
@@ -326,7 +334,12 @@ class SpanReader:
         sources = _sources(name)
         if self.config.backend.startswith("onnx") and sources:
             try:
-                return onnx_logits(model, sources, self.config.cache, quantize=self.config.backend == "onnx-int8" and self.config.reader_precision == "int8")
+                return onnx_logits(
+                    model,
+                    sources,
+                    self.config.cache,
+                    quantize=self.config.backend == "onnx-int8" and self.config.reader_precision == "int8",
+                )
             except Exception as exc:  # noqa: BLE001 - any exporter failure: the torch model still reads
                 log.warning("span reader stays on torch: ONNX export failed (%s)", exc)
         return TorchLogits(model, self.config.reader_threads)
@@ -336,18 +349,18 @@ class SpanReader:
         limit = min(getattr(model.config, "max_position_embeddings", 512) for model, _ in self._members)
         return min(self.config.span_max_len, limit)
 
-    def contexts(self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]) -> list[_Context]:
+    def contexts(
+        self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
+    ) -> list[_Context]:
         """The best sentences of the retrieved passages, up to the token budget, as contiguous stretches."""
         hits = [h for h in hits if h.passage_id in rows][: self.config.read_passages]
         if not hits:
             return []
-        sentences = index.store.sentences([h.passage_id for h in hits])
-        ids = [s.id for h in hits for s in sentences[h.passage_id]]
-        if not ids:
+        found = sentence_cosines(index, hits, question_vector)
+        if found is None:
             return []
-        vectors = np.vstack([index.sentence_vectors.reconstruct(int(i)) for i in ids])
-        cosines = vectors @ question_vector
-        q_stems = {stem(t) for t in query_terms(question)}
+        sentences, cosines = found
+        q_stems = question_stems(question)
         cfg = self.config
         texts, cands = [], []  # (score, passage id, sentence index)
         k = 0
@@ -396,8 +409,8 @@ class SpanReader:
         self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
     ) -> list[Answer]:
         if is_why(question):
-            # The span head learnt SQuAD's short answers and marks reasons poorly (held-out open-mode
-            # why F1 0.17, against 0.32 for the sentence reader's reason clauses): those go to the latter.
+            # The span head learnt SQuAD's short answers and marks reasons poorly; the sentence
+            # reader's reason clauses answer them better (docs/reader.md).
             return self.why_reader.read(question, question_vector, index, hits, rows)
         contexts = self.contexts(question, question_vector, index, hits, rows)
         if not contexts:
@@ -409,8 +422,11 @@ class SpanReader:
         retrieved = {h.passage_id: h.score for h in hits}
         best = max(retrieved.values())
         ranked = sorted(
-            ((sp.logit + self.config.span_passage_weight * (retrieved.get(contexts[sp.context].row.id, 0.0) - best), sp)
-             for sp in spans if sp.logit > self.config.span_null_margin),
+            (
+                (sp.logit + self.config.span_passage_weight * (retrieved.get(contexts[sp.context].row.id, 0.0) - best), sp)
+                for sp in spans
+                if sp.logit > self.config.span_null_margin
+            ),
             key=lambda pair: -pair[0],
         )
         answers: list[Answer] = []
@@ -421,7 +437,7 @@ class SpanReader:
                 break
             c = contexts[sp.context]
             row = c.row
-            start, end = _trim(row.text, c.start + sp.start, c.start + sp.end)
+            start, end = trim(row.text, c.start + sp.start, c.start + sp.end)
             if end <= start:
                 continue
             doc_start, doc_end = row.start + start, row.start + end
@@ -441,14 +457,6 @@ def _sources(name: str) -> list[Path]:
         return [WEIGHTS, Path(resolve_model(meta["base_model"]))]
     folder = Path(resolve_model(name))
     return [folder] if folder.is_dir() else []
-
-
-def _trim(text: str, start: int, end: int) -> tuple[int, int]:
-    while start < end and (text[start].isspace() or text[start] in ",;:"):
-        start += 1
-    while end > start and (text[end - 1].isspace() or text[end - 1] in ",;:"):
-        end -= 1
-    return start, end
 
 
 __all__ = ["SpanReader", "MeanLogits", "load_qa_model", "read_spans", "encode", "best_spans", "WEIGHTS"]

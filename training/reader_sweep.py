@@ -1,12 +1,14 @@
 """Hyper-parameter sweep for the span reader, sized for the GPU machine (a benchmark: it reports, asserts nothing).
 
-    .venv/bin/python bench/reader_sweep.py prepare --out .gpu     # here: windows + base encoder, about 40 MB
-    python3 bench/reader_sweep.py run --data .gpu [--only base,head10] [--full]   # there (torch, transformers)
+    .venv/bin/python -m training.reader_sweep prepare --out .gpu     # here: windows + base encoder, about 40 MB
+    python3 -m training.reader_sweep run --data .gpu [--only base,head10] [--full]   # there (torch, transformers)
 
-`prepare` tokenises the training questions exactly as `qa.train_reader` does (same split, same
-synthetic questions, negatives drawn with a stored uniform draw so that their share can vary) and
-writes the bundled encoder with its word embeddings in int8 (the rows the data uses; the device
-tool carries at most 64 MiB with the repo). `run` needs only torch, transformers and safetensors.
+Both run from the repo root. `prepare` tokenises the training questions exactly as
+`training.train_reader` does (same split, same synthetic questions, negatives drawn with a stored
+uniform draw so that their share can vary) and writes the bundled encoder with its word embeddings
+in int8 (the rows the data uses; the device tool carries at most 64 MiB with the repo). `run` needs
+torch, transformers and safetensors, and scores with `qa eval`'s SQuAD metrics (qa/evaluate.py), so
+the qa package's own dependencies must import there too.
 
 Selection is on a dev fold of the TRAINING articles (Martin_Luther, Genghis_Khan, Teacher: 992
 questions): each setting is trained on the rest and scored on the dev fold, whole gold paragraph,
@@ -24,27 +26,58 @@ import json
 import os
 import pickle
 import random
-import re
-import string
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from qa.evaluate import exact_match, f1_score
+
 DEV_TITLES = {"Martin_Luther", "Genghis_Khan", "Teacher"}
 LENGTHS = ((192, 64), (384, 128))  # (window tokens, stride)
-#: The default recipe of `qa.train_reader train`, and one change at a time (ordered: most promising first).
-BASE = dict(L=192, lr=1.5e-4, epochs=3, batch=32, syn=1500, neg=0.2, warm=0.1, all_spans=False, lld=1.0, head_mult=1.0, wd=0.01,
-            pre_syn=0, pre_lr=1.5e-4, dropout=0.1, ls=0.0)
+#: The default recipe of `training.train_reader train`, and one change at a time (ordered: most promising first).
+BASE = dict(
+    L=192,
+    lr=1.5e-4,
+    epochs=3,
+    batch=32,
+    syn=1500,
+    neg=0.2,
+    warm=0.1,
+    all_spans=False,
+    lld=1.0,
+    head_mult=1.0,
+    wd=0.01,
+    pre_syn=0,
+    pre_lr=1.5e-4,
+    dropout=0.1,
+    ls=0.0,
+)
 GRID = {
-    "base": {}, "lr3e-4": {"lr": 3e-4}, "all_spans": {"all_spans": True}, "L384": {"L": 384},
-    "syn3000_ep2": {"syn": 3000, "epochs": 2}, "ep4": {"epochs": 4}, "lld0.8_lr3e-4": {"lld": 0.8, "lr": 3e-4},
-    "head10": {"head_mult": 10.0}, "pre4000": {"pre_syn": 4000, "pre_lr": 3e-4}, "bs16": {"batch": 16},
-    "neg0.5": {"neg": 0.5}, "ep2": {"epochs": 2}, "lr5e-4": {"lr": 5e-4}, "dropout0": {"dropout": 0.0},
-    "syn0": {"syn": 0}, "neg0": {"neg": 0.0}, "ls0.1": {"ls": 0.1}, "lr8e-5": {"lr": 8e-5}, "wd0.1": {"wd": 0.1}, "warm0": {"warm": 0.0},
-    # how the layers see their input: embeddings cached once (as qa.train_reader does on the CPU), in fp16 or fp32
-    "cache_fp16": {"cache": "fp16"}, "cache_fp32": {"cache": "fp32"}, "no_emb_dropout": {"emb_drop": False},
+    "base": {},
+    "lr3e-4": {"lr": 3e-4},
+    "all_spans": {"all_spans": True},
+    "L384": {"L": 384},
+    "syn3000_ep2": {"syn": 3000, "epochs": 2},
+    "ep4": {"epochs": 4},
+    "lld0.8_lr3e-4": {"lld": 0.8, "lr": 3e-4},
+    "head10": {"head_mult": 10.0},
+    "pre4000": {"pre_syn": 4000, "pre_lr": 3e-4},
+    "bs16": {"batch": 16},
+    "neg0.5": {"neg": 0.5},
+    "ep2": {"epochs": 2},
+    "lr5e-4": {"lr": 5e-4},
+    "dropout0": {"dropout": 0.0},
+    "syn0": {"syn": 0},
+    "neg0": {"neg": 0.0},
+    "ls0.1": {"ls": 0.1},
+    "lr8e-5": {"lr": 8e-5},
+    "wd0.1": {"wd": 0.1},
+    "warm0": {"warm": 0.0},
+    # how the layers see their input: embeddings cached once (as training.train_reader does on the CPU), in fp16 or fp32
+    "cache_fp16": {"cache": "fp16"},
+    "cache_fp32": {"cache": "fp32"},
+    "no_emb_dropout": {"emb_drop": False},
 }
 
 
@@ -52,11 +85,18 @@ GRID = {
 
 
 def prepare(out: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
-    from qa.train_reader import SEED, SQUAD, RTQA, base_model, featurize, load_examples, synthetic_examples
+    from training.train_reader import (
+        RTQA,
+        SEED,
+        SQUAD,
+        base_model,
+        featurize,
+        load_examples,
+        synthetic_examples,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     train, held, by_title = load_examples()
@@ -69,14 +109,27 @@ def prepare(out: Path) -> None:
         if others:
             p = nrng.choice(others)
             negs.append({**e, "context": p["context"], "context_id": p["id"], "start": None, "u": nrng.random()})
-    groups = {"real": train, "neg": negs, "syn": syn,
-              "held_squad": [e for e in held if e["set"] == SQUAD], "held_rtqa": [e for e in held if e["set"] == RTQA]}
+    groups = {
+        "real": train,
+        "neg": negs,
+        "syn": syn,
+        "held_squad": [e for e in held if e["set"] == SQUAD],
+        "held_rtqa": [e for e in held if e["set"] == RTQA],
+    }
     model, tok = base_model()
     paras: dict[str, int] = {}
     data: dict = {"examples": {}, "feats": {}}
     for g, ex in groups.items():
-        data["examples"][g] = [{"answers": e["answers"], "p": paras.setdefault(e["context"], len(paras)) if g != "neg" else -1,
-                                "set": e["set"], "u": e.get("u", 0.0), "dev": e["title"] in DEV_TITLES} for e in ex]
+        data["examples"][g] = [
+            {
+                "answers": e["answers"],
+                "p": paras.setdefault(e["context"], len(paras)) if g != "neg" else -1,
+                "set": e["set"],
+                "u": e.get("u", 0.0),
+                "dev": e["title"] in DEV_TITLES,
+            }
+            for e in ex
+        ]
     for max_len, stride in LENGTHS:
         for g, ex in groups.items():
             fs = featurize(tok, ex, max_len, stride)
@@ -85,10 +138,15 @@ def prepare(out: Path) -> None:
                 "types": np.concatenate([np.array(f["token_type_ids"], dtype=np.int8) for f in fs]),
                 "ctx": np.concatenate([np.array([s == 1 for s in f["seq"]], dtype=np.int8) for f in fs]),
                 "offs": np.concatenate([np.array([o or (0, 0) for o in f["offsets"]], dtype=np.int32).reshape(-1, 2) for f in fs])
-                if g.startswith("held") or g == "real" else None,
-                "lens": np.array([len(f["input_ids"]) for f in fs]), "ex": np.array([f["example"] for f in fs]),
-                "start": np.array([f["start"] for f in fs]), "end": np.array([f["end"] for f in fs]),
-                "starts": [f["starts"] for f in fs], "ends": [f["ends"] for f in fs]}
+                if g.startswith("held") or g == "real"
+                else None,
+                "lens": np.array([len(f["input_ids"]) for f in fs]),
+                "ex": np.array([f["example"] for f in fs]),
+                "start": np.array([f["start"] for f in fs]),
+                "end": np.array([f["end"] for f in fs]),
+                "starts": [f["starts"] for f in fs],
+                "ends": [f["ends"] for f in fs],
+            }
             print(max_len, g, len(fs), "windows", flush=True)
     data["paras"] = [c for c, _ in sorted(paras.items(), key=lambda x: x[1])]
     with gzip.open(out / "data.pkl.gz", "wb") as fh:
@@ -104,25 +162,6 @@ def prepare(out: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ run (GPU, there)
-
-
-def _norm(s: str) -> str:
-    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
-
-
-def _f1(pred: str, golds: list[str]) -> float:
-    best, pt = 0.0, _norm(pred).split()
-    for g in golds:
-        gt = _norm(g).split()
-        if not pt or not gt:
-            best = max(best, float(pt == gt))
-            continue
-        same = sum((collections.Counter(pt) & collections.Counter(gt)).values())
-        if same:
-            p, r = same / len(pt), same / len(gt)
-            best = max(best, 2 * p * r / (p + r))
-    return best
 
 
 class Sweep:
@@ -150,9 +189,19 @@ class Sweep:
         for w, (a, b) in enumerate(zip(ends - f["lens"], ends)):
             ex = int(f["ex"][w])
             if keep is None or keep(ex):
-                out.append({"ids": f["ids"][a:b].astype(np.int64), "types": f["types"][a:b].astype(np.int64), "ctx": f["ctx"][a:b],
-                            "offs": None if f["offs"] is None else f["offs"][a:b], "ex": ex, "start": int(f["start"][w]),
-                            "end": int(f["end"][w]), "starts": f["starts"][w], "ends": f["ends"][w]})
+                out.append(
+                    {
+                        "ids": f["ids"][a:b].astype(np.int64),
+                        "types": f["types"][a:b].astype(np.int64),
+                        "ctx": f["ctx"][a:b],
+                        "offs": None if f["offs"] is None else f["offs"][a:b],
+                        "ex": ex,
+                        "start": int(f["start"][w]),
+                        "end": int(f["end"][w]),
+                        "starts": f["starts"][w],
+                        "ends": f["ends"][w],
+                    }
+                )
         return out
 
     def batch(self, ws: list[dict]):
@@ -161,12 +210,17 @@ class Sweep:
         ids, types, ctx, mask = (torch.zeros(len(ws), n, dtype=torch.long) for _ in range(4))
         for i, w in enumerate(ws):
             k = len(w["ids"])
-            ids[i, :k], types[i, :k], ctx[i, :k], mask[i, :k] = torch.as_tensor(w["ids"]), torch.as_tensor(w["types"]), torch.as_tensor(w["ctx"]), 1
+            ids[i, :k], types[i, :k], ctx[i, :k], mask[i, :k] = (
+                torch.as_tensor(w["ids"]),
+                torch.as_tensor(w["types"]),
+                torch.as_tensor(w["ctx"]),
+                1,
+            )
         return ids.to(self.dev), types.to(self.dev), ctx.to(self.dev).bool(), mask.to(self.dev)
 
     @staticmethod
     def order(ws: list[dict], size: int) -> list[list[int]]:
-        """Batches of similar length, as qa.train_reader makes them."""
+        """Batches of similar length, as training.train_reader makes them."""
         idx = sorted(range(len(ws)), key=lambda i: len(ws[i]["ids"]))
         return [idx[i : i + size] for i in range(0, len(idx), size)]
 
@@ -187,8 +241,10 @@ class Sweep:
         torch = self.torch
         for p in m.parameters():
             p.requires_grad_(False)
-        groups = [{"params": list(layer.parameters()), "lr": lr * c["lld"] ** (len(m.bert.encoder.layer) - 1 - i)}
-                  for i, layer in enumerate(m.bert.encoder.layer)] + [{"params": list(m.qa_outputs.parameters()), "lr": lr * c["head_mult"]}]
+        groups = [
+            {"params": list(layer.parameters()), "lr": lr * c["lld"] ** (len(m.bert.encoder.layer) - 1 - i)}
+            for i, layer in enumerate(m.bert.encoder.layer)
+        ] + [{"params": list(m.qa_outputs.parameters()), "lr": lr * c["head_mult"]}]
         params = [p for g in groups for p in g["params"]]
         for p in params:
             p.requires_grad_(True)
@@ -199,11 +255,18 @@ class Sweep:
             ids, types, _, mask = self.batch(sub)
             y = [torch.tensor([w[k] for w in sub], device=self.dev) for k in ("start", "end")]
             batches.append((ids, types, mask, y, [w["starts"] for w in sub], [w["ends"] for w in sub]))
-        if c.get("cache"):  # the embedding outputs computed once, in eval mode, as qa.train_reader does
+        if c.get("cache"):  # the embedding outputs computed once, in eval mode, as training.train_reader does
             m.eval()
             with torch.no_grad():
-                batches = [(m.bert.embeddings(input_ids=b[0], token_type_ids=b[1]).to(getattr(torch, {"fp16": "float16", "fp32": "float32"}[c["cache"]])),) + b[1:]
-                           for b in batches]
+                batches = [
+                    (
+                        m.bert.embeddings(input_ids=b[0], token_type_ids=b[1]).to(
+                            getattr(torch, {"fp16": "float16", "fp32": "float32"}[c["cache"]])
+                        ),
+                    )
+                    + b[1:]
+                    for b in batches
+                ]
         steps = epochs * len(batches)
         warm = max(1, int(steps * c["warm"]))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
@@ -255,8 +318,15 @@ class Sweep:
                 out = m(input_ids=ids, token_type_ids=types, attention_mask=mask)
                 n = ids.shape[1]
                 k = torch.arange(n, device=self.dev)
-                ok = (k[None, :, None] <= k[None, None, :]) & (k[None, None, :] - k[None, :, None] < max_tokens) & ctx[:, :, None] & ctx[:, None, :]
-                score = (out.start_logits.float()[:, :, None] + out.end_logits.float()[:, None, :]).masked_fill(~ok, -1e9).view(len(sub), -1)
+                ok = (
+                    (k[None, :, None] <= k[None, None, :])
+                    & (k[None, None, :] - k[None, :, None] < max_tokens)
+                    & ctx[:, :, None]
+                    & ctx[:, None, :]
+                )
+                score = (
+                    (out.start_logits.float()[:, :, None] + out.end_logits.float()[:, None, :]).masked_fill(~ok, -1e9).view(len(sub), -1)
+                )
                 val, arg = score.max(-1)
                 for j, w in enumerate(sub):
                     a, z = divmod(int(arg[j]), n)
@@ -265,8 +335,8 @@ class Sweep:
         em = f1 = 0.0
         for i, ex in enumerate(exs):
             pred = self.data["paras"][ex["p"]][best[i][1] : best[i][2]] if i in best else ""
-            em += float(any(_norm(pred) == _norm(g) for g in ex["answers"]))
-            f1 += _f1(pred, ex["answers"])
+            em += exact_match(pred, ex["answers"])
+            f1 += f1_score(pred, ex["answers"])
         return round(em / max(1, len(exs)), 4), round(f1 / max(1, len(exs)), 4)
 
     def eval_sets(self, L: int, dev_fold: bool) -> dict:
@@ -297,8 +367,13 @@ class Sweep:
         if pre:  # a first pass over other synthetic questions, then the recipe
             self.train(m, pre, c, 1, seed, c["pre_lr"])
         self.train(m, ws, c, c["epochs"], seed, c["lr"])
-        res = {"name": name, "seed": seed, "dev_fold": dev_fold, "windows": len(ws),
-               "cost_tokens": sum(len(w["ids"]) for w in ws) * c["epochs"] + sum(len(w["ids"]) for w in pre)}
+        res = {
+            "name": name,
+            "seed": seed,
+            "dev_fold": dev_fold,
+            "windows": len(ws),
+            "cost_tokens": sum(len(w["ids"]) for w in ws) * c["epochs"] + sum(len(w["ids"]) for w in pre),
+        }
         for key, (ews, exs) in self.eval_sets(c["L"], dev_fold).items():
             res[key] = self.evaluate(m, ews[: self.limit or None], exs)
         res.update(s=round(time.time() - started, 1), elapsed=round(time.time() - self.t0))
@@ -306,10 +381,27 @@ class Sweep:
             from safetensors.torch import save_file
 
             save.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().cpu().half().contiguous() for k, v in m.state_dict().items()
-                       if k.startswith(("qa_outputs.", "bert.encoder.layer."))}, str(save / "top_layers.safetensors"))
-            (save / "reader.json").write_text(json.dumps({"base_model": "all-MiniLM-L6-v2", "architecture": "BertForQuestionAnswering",
-                                                          "recipe": {**c, "seed": seed}, "made_by": "bench/reader_sweep.py", **res}, indent=1) + "\n")
+            save_file(
+                {
+                    k: v.detach().cpu().half().contiguous()
+                    for k, v in m.state_dict().items()
+                    if k.startswith(("qa_outputs.", "bert.encoder.layer."))
+                },
+                str(save / "top_layers.safetensors"),
+            )
+            (save / "reader.json").write_text(
+                json.dumps(
+                    {
+                        "base_model": "all-MiniLM-L6-v2",
+                        "architecture": "BertForQuestionAnswering",
+                        "recipe": {**c, "seed": seed},
+                        "made_by": "training/reader_sweep.py",
+                        **res,
+                    },
+                    indent=1,
+                )
+                + "\n"
+            )
         print(json.dumps(res), flush=True)
         with open(self.out / "results.jsonl", "a") as fh:
             fh.write(json.dumps(res) + "\n")
@@ -338,8 +430,18 @@ def run(args) -> None:
             break
         runs[name].append(sw.trial(name, args.seeds[1], True))
     base_cost = runs["base"][0]["cost_tokens"]
-    summary = sorted(({"name": n, "dev_f1_mean": round(float(np.mean([r["dev"][1] for r in rs])), 4), "dev_f1": [r["dev"][1] for r in rs],
-                       "cost_rel": round(rs[0]["cost_tokens"] / base_cost, 2)} for n, rs in runs.items()), key=lambda s: -s["dev_f1_mean"])
+    summary = sorted(
+        (
+            {
+                "name": n,
+                "dev_f1_mean": round(float(np.mean([r["dev"][1] for r in rs])), 4),
+                "dev_f1": [r["dev"][1] for r in rs],
+                "cost_rel": round(rs[0]["cost_tokens"] / base_cost, 2),
+            }
+            for n, rs in runs.items()
+        ),
+        key=lambda s: -s["dev_f1_mean"],
+    )
     print(json.dumps({"dev_fold_ranking": summary}), flush=True)
     (out / "ranking.json").write_text(json.dumps(summary, indent=1))
     top = [s["name"] for s in summary if s["name"] != "base" and s["cost_rel"] <= 1.2][:3]
@@ -350,7 +452,7 @@ def run(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="bench/reader_sweep.py")
+    ap = argparse.ArgumentParser(prog="python -m training.reader_sweep")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare")
     p.add_argument("--out", default=".gpu")
@@ -360,7 +462,9 @@ def main() -> None:
     r.add_argument("--full", action="store_true", help="with --only: train on the whole split, score the held-out articles")
     r.add_argument("--save", default="", help="with --only: keep each run's weights under this folder (NAME-SEED/)")
     r.add_argument("--limit", type=int, default=0, help="a smoke test: train and score this many windows")
-    r.add_argument("--seeds", type=int, nargs="+", default=[13, 7], help="with --only: each; else the first, and the second for the best eight")
+    r.add_argument(
+        "--seeds", type=int, nargs="+", default=[13, 7], help="with --only: each; else the first, and the second for the best eight"
+    )
     r.add_argument("--phase1-s", type=float, default=300, help="stop starting dev-fold runs after this many seconds")
     r.add_argument("--total-s", type=float, default=490, help="stop starting held-out runs after this many seconds")
     args = ap.parse_args()

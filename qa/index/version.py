@@ -1,0 +1,145 @@
+"""A published index version: `index/vNNNNNN/`, named by `index/CURRENT`, opened read-only.
+
+A version is immutable once published, so any number of threads can read it while the next one
+is built; opening checks that it matches the configured model and that its parts agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+
+from qa.config import Config
+from qa.embedding import vector_backend
+from qa.index.vectors import VectorIndex
+from qa.lexical import LexicalIndex
+from qa.store import Store
+
+#: 3: BM25 postings in numpy files (qa/lexical.py) instead of an FTS5 table in the store.
+#: 2: sentence vectors are pooled from their passage's token states (1: embedded on their own).
+FORMAT_VERSION = 3
+CURRENT = "CURRENT"
+MANIFEST = "manifest.json"
+STORE = "store.sqlite"
+PASSAGE_VECTORS = "passages.faiss"
+SENTENCE_VECTORS = "sentences.faiss"
+LEXICAL = "lexical"
+
+
+class IndexProblem(Exception):
+    """Base of the index errors; the message always says what to do."""
+
+
+class NoIndex(IndexProblem):
+    pass
+
+
+class IndexMismatch(IndexProblem):
+    pass
+
+
+class IndexDamaged(IndexProblem):
+    pass
+
+
+class IndexBusy(IndexProblem):
+    pass
+
+
+@dataclass
+class Manifest:
+    format_version: int
+    version: int
+    model: str
+    dimension: int
+    documents: int
+    passages: int
+    sentences: int
+    created: str
+    #: `vector_backend()` of the embedder that wrote the vectors ("float" or "int8").
+    vectors: str = "float"
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        data = json.loads(path.read_text())
+        fields = cls.__dataclass_fields__
+        return cls(**{k: data[k] for k in fields if k in data or fields[k].default is dataclasses.MISSING})
+
+
+def current_version(index_dir: Path) -> int | None:
+    try:
+        name = (index_dir / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not name.startswith("v") or not name[1:].isdigit():
+        raise IndexDamaged(f"{index_dir / CURRENT} is damaged ({name[:40]!r}): run `qa index --rebuild`")
+    return int(name[1:])
+
+
+def version_dir(index_dir: Path, version: int) -> Path:
+    return index_dir / f"v{version:06d}"
+
+
+class IndexVersion:
+    """One published version, opened read-only. Immutable, so it can be shared by threads."""
+
+    def __init__(self, path: Path, config: Config) -> None:
+        self.path = path
+        # A question is one vector: OpenMP's threads only add a hand-off to each search (about
+        # 20 ms on a busy 2-core machine, against 1 ms alone); concurrency comes from requests.
+        faiss.omp_set_num_threads(1)
+        try:
+            self.manifest = Manifest.read(path / MANIFEST)
+        except FileNotFoundError as exc:
+            raise IndexDamaged(f"{path} has no manifest: run `qa index --rebuild`") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IndexDamaged(f"{path / MANIFEST} is damaged: run `qa index --rebuild`") from exc
+        if self.manifest.format_version != FORMAT_VERSION:
+            raise IndexMismatch(
+                f"index format {self.manifest.format_version} is not {FORMAT_VERSION}: run `qa index --rebuild`"
+            )
+        if self.manifest.model != config.model:
+            raise IndexMismatch(
+                f"the index was built with model {self.manifest.model!r} (dimension {self.manifest.dimension}), "
+                f"but the configured model is {config.model!r}: run `qa index --rebuild`"
+            )
+        if self.manifest.vectors != vector_backend(config.backend):
+            raise IndexMismatch(
+                f"the index holds {self.manifest.vectors} vectors, but backend {config.backend!r} makes "
+                f"{vector_backend(config.backend)} ones: run `qa index --rebuild`"
+            )
+        try:
+            self.passage_vectors = VectorIndex.load(path / PASSAGE_VECTORS, config)
+            self.sentence_vectors = VectorIndex.load(path / SENTENCE_VECTORS, config)
+            self.lexical = LexicalIndex.load(path / LEXICAL, config.vector_delta_fraction)
+            self.store = Store(path / STORE, readonly=True)
+            counts = self.store.counts()
+        except (RuntimeError, OSError, ValueError, sqlite3.DatabaseError) as exc:
+            raise IndexDamaged(f"index version {path.name} is damaged ({exc}): run `qa index --rebuild`") from exc
+        if (
+            self.passage_vectors.ntotal != self.manifest.passages
+            or self.sentence_vectors.ntotal != self.manifest.sentences
+            or counts["passages"] != self.manifest.passages
+            or self.lexical.count != self.manifest.passages
+            or self.passage_vectors.d != self.manifest.dimension
+        ):
+            raise IndexDamaged(f"index version {path.name} is inconsistent: run `qa index --rebuild`")
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_index(config: Config) -> IndexVersion:
+    version = current_version(config.index)
+    if version is None:
+        raise NoIndex(f"no index yet in {config.index}: run `qa index`")
+    return IndexVersion(version_dir(config.index, version), config)

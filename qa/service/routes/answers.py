@@ -1,0 +1,39 @@
+"""Answers: a question in, extractive answers and the passages they came from out."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query
+
+from qa.models import AskResult, Filters
+from qa.service.deps import ConfigDep, PipelineDep, check_question
+from qa.service.schemas import IBM_EXAMPLE, AskRequest
+
+router = APIRouter(prefix="/api", tags=["answers"])
+
+
+@router.post("/ask", response_model=AskResult, summary="Answer a question")
+def ask(
+    request: Annotated[AskRequest, Body(openapi_examples={"ibm": {"value": IBM_EXAMPLE}})],
+    config: ConfigDep,
+    pipeline: PipelineDep,
+) -> AskResult:
+    check_question(config, request.question, request.top_k)
+    return pipeline.ask(request.question, request.top_k, request.filters)
+
+
+@router.get("/ask", response_model=AskResult, summary="Answer a question (query string)")
+def ask_get(
+    q: Annotated[str, Query(description="The question", examples=["Why did IBM partner with Inspur?"])],
+    config: ConfigDep,
+    pipeline: PipelineDep,
+    top_k: int = 5,
+    document_id: str | None = None,
+    source: str | None = None,
+    date_from: str | None = None,
+    date_to: str | None = None,
+) -> AskResult:
+    check_question(config, q, top_k)
+    filters = Filters(document_id=document_id, source=source, date_from=date_from, date_to=date_to)
+    return pipeline.ask(q, top_k, filters)

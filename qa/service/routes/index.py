@@ -1,0 +1,38 @@
+"""The index: health, background rebuilds and their progress."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from qa.index import NoIndex
+from qa.service.deps import ApiKey, ConfigDep, ManagerDep, PipelineDep
+from qa.service.schemas import Health, IndexStatus, RebuildRequest
+
+router = APIRouter(prefix="/api", tags=["index"])
+
+
+@router.get("/health", response_model=Health, summary="Whether an index is served, and which")
+def health(config: ConfigDep, pipeline: PipelineDep) -> Health:
+    try:
+        index = pipeline.index()
+    except NoIndex:
+        return Health(status="no index", documents=0, passages=0, index_version=None, model=config.model)
+    m = index.manifest
+    return Health(status="ok", documents=m.documents, passages=m.passages, index_version=m.version, model=m.model, built=m.created)
+
+
+@router.post(
+    "/index/rebuild",
+    status_code=202,
+    response_model=IndexStatus,
+    dependencies=[ApiKey],
+    summary="Start a background rebuild (incremental, or full)",
+)
+def rebuild(manager: ManagerDep, request: RebuildRequest | None = None) -> IndexStatus:
+    manager.start_rebuild(full=bool(request and request.full))
+    return IndexStatus(**manager.status_dict())
+
+
+@router.get("/index/status", response_model=IndexStatus, summary="Progress of the last background rebuild")
+def index_status(manager: ManagerDep) -> IndexStatus:
+    return IndexStatus(**manager.status_dict())

@@ -1,0 +1,46 @@
+"""The web form: ask on `/`, add an article on `/add`. Server-rendered, so it works without JavaScript."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from qa.index import IndexProblem, NoIndex
+from qa.pipeline import Pipeline
+from qa.service.deps import ConfigDep, PipelineDep, TemplatesDep, check_question
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/", response_class=HTMLResponse)
+def home(request: Request, config: ConfigDep, pipeline: PipelineDep, templates: TemplatesDep, q: str = "", top_k: int = 5) -> HTMLResponse:
+    result, error = None, None
+    if q:
+        try:
+            check_question(config, q, top_k)
+            result = pipeline.ask(q, top_k)
+        except HTTPException as exc:
+            error = exc.detail
+        except IndexProblem as exc:
+            error = "No index yet: run `qa index`." if isinstance(exc, NoIndex) else str(exc)
+    context = {"q": q, "result": result, "error": error, "examples": _examples(pipeline), "threshold": config.answer_threshold}
+    return templates.TemplateResponse(request, "index.html", context)
+
+
+@router.get("/add", response_class=HTMLResponse)
+def add_page(request: Request, config: ConfigDep, templates: TemplatesDep) -> HTMLResponse:
+    return templates.TemplateResponse(request, "add.html", {"max_bytes": config.max_body_bytes})
+
+
+@router.get("/favicon.ico")
+def favicon() -> RedirectResponse:
+    return RedirectResponse("/static/favicon.svg", status_code=301)
+
+
+def _examples(pipeline: Pipeline) -> list[str]:
+    """Questions drawn from the corpus: what each of a few articles reports."""
+    try:
+        titles = pipeline.index().store.sample_titles(3)
+    except IndexProblem:
+        return []
+    return [f"What happened: {t.rstrip('.?!')}?" for t in titles]

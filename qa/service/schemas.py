@@ -1,0 +1,124 @@
+"""Request and response bodies of the JSON API; every endpoint declares one, so /docs shows them."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, field_validator
+
+from qa.models import Filters
+
+IBM_EXAMPLE = {"question": "Why did IBM partner with Inspur?", "top_k": 5}
+
+
+class AskRequest(BaseModel):
+    question: str = Field(description="The question, in plain words")
+    top_k: int = Field(5, description="Passages to return (1-50)")
+    filters: Filters | None = None
+
+    model_config = {"json_schema_extra": {"examples": [IBM_EXAMPLE]}}
+
+
+class ArticleIn(BaseModel):
+    title: str = Field(min_length=1)
+    text: str = Field(min_length=1)
+    id: str | None = Field(None, description="Replaces the article with this id when it exists")
+    date: str | None = None
+    url: str | None = None
+    source: str | None = None
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {"title": "Harbour reopens", "text": "The harbour reopened on Monday after a two-year rebuild.", "source": "Local News"}
+            ]
+        }
+    }
+
+    @field_validator("title", "text")
+    @classmethod
+    def not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+# The add-article endpoint reads its body itself (JSON or a file), so its schema is spelled out here.
+ARTICLE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": ArticleIn.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "An article file: .txt, .md, .html, .json or .jsonl"}
+                    },
+                    "required": ["file"],
+                }
+            },
+        },
+    }
+}
+
+
+class RebuildRequest(BaseModel):
+    full: bool = Field(False, description="Start over instead of updating")
+
+
+class Health(BaseModel):
+    status: str = Field(description='"ok", or "no index" before the first `qa index`')
+    documents: int
+    passages: int
+    index_version: int | None
+    model: str = Field(description="The embedding model of the index (or the configured one, without an index)")
+    built: str | None = Field(None, description="When the served version was published (ISO 8601)")
+
+
+class DocumentSummary(BaseModel):
+    id: str
+    title: str
+    date: str | None = None
+    url: str | None = None
+    source: str | None = None
+    path: str | None = Field(None, description="The article's file, relative to the corpus folder")
+    passages: int
+
+
+class Document(DocumentSummary):
+    text: str
+    hash: str = Field(description="SHA-256 of the article's content: what incremental indexing compares")
+
+
+class DocumentPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    documents: list[DocumentSummary]
+
+
+class SavedDocument(BaseModel):
+    id: str
+    title: str
+    date: str | None = None
+
+
+class Saved(BaseModel):
+    documents: list[SavedDocument]
+    index_version: int | None
+    summary: str = Field(description="What the index build did, in one line")
+
+
+class Deleted(BaseModel):
+    deleted: str
+    index_version: int | None
+
+
+class IndexStatus(BaseModel):
+    phase: str = Field(description="idle, reading, embedding, publishing, done or failed")
+    done: int
+    total: int
+    full: bool
+    started: str | None = None
+    finished: str | None = None
+    error: str | None = None
+    summary: dict | None = Field(None, description="The finished build's counts")

@@ -1,0 +1,106 @@
+"""The project as a user gets it: a wheel installed outside the repo, a README that matches the code, tidy code."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from qa.config import settings_table, with_settings_table
+from tests.conftest import IBM_QUESTION, ROOT, SAMPLE, free_port
+
+
+def test_readme_settings_table_is_current() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert settings_table() in readme
+    assert with_settings_table(readme) == readme, "the README's settings table is stale: run `make settings`"
+
+
+def test_settings_table_lists_every_setting_with_its_default() -> None:
+    table = settings_table()
+    assert "| `QA_ANSWER_THRESHOLD` | 0.35 |" in table
+    assert "| `QA_API_KEY` | unset |" in table
+    assert all(line.count("|") >= 4 for line in table.splitlines())
+
+
+def test_no_import_cycle_between_qa_modules() -> None:
+    """Every module imports on its own, first, in a fresh interpreter: a cycle shows up as an ImportError."""
+    modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__") for p in (ROOT / "qa").rglob("*.py"))
+    script = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
+    for module in modules:
+        done = subprocess.run([sys.executable, "-c", script, module], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, f"{module}: {done.stderr[-800:]}"
+
+
+@pytest.mark.slow
+def test_wheel_runs_index_ask_and_the_web_page_outside_the_repo(tmp_path: Path) -> None:
+    dist, site, work = tmp_path / "dist", tmp_path / "site", tmp_path / "work"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = dist.glob("qa-*.whl")
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)], capture_output=True, text=True
+    )
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    for shipped in ("qa/web/templates/index.html", "qa/web/static/style.css", "qa/reader_weights/top_layers.safetensors"):
+        assert (site / shipped).is_file(), f"the wheel lacks {shipped}"
+    assert not (site / "training").exists() and not (site / "tests").exists()
+
+    (work / "corpus").mkdir(parents=True)
+    shutil.copy(SAMPLE, work / "corpus" / SAMPLE.name)
+    # The installed package comes first on the path; the repo is nowhere on it, and is not the working folder.
+    env = {**os.environ, "PYTHONPATH": str(site), "QA_BACKEND": "torch", "HF_HUB_OFFLINE": "1"}
+    env.pop("QA_WEB", None)
+    qa = [sys.executable, "-m", "qa.cli"]
+
+    where = subprocess.run(
+        [*qa[:1], "-c", "import qa, qa.config as c; print(qa.__file__); print(c.Config.load().web)"],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env=env,
+    )
+    package_file, web = where.stdout.split()
+    assert Path(package_file).is_relative_to(site) and Path(web).is_relative_to(site), where.stdout
+
+    indexed = subprocess.run([*qa, "index"], capture_output=True, text=True, cwd=work, env=env)
+    assert indexed.returncode == 0, indexed.stderr[-2000:]
+    assert "1 added" in indexed.stdout
+    asked = subprocess.run([*qa, "ask", IBM_QUESTION, "--json"], capture_output=True, text=True, cwd=work, env=env)
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    answers = json.loads(asked.stdout)["answers"]
+    assert answers and answers[0]["document_id"].startswith("ibm-inspur")
+    assert "it/s]" not in indexed.stderr + asked.stderr, "progress bars in a log: they belong on a terminal only"
+
+    port = free_port()
+    server = subprocess.Popen([*qa, "serve", "--port", str(port)], cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "qa serve did not start"
+            time.sleep(0.5)
+        page = httpx.get(base + "/", params={"q": IBM_QUESTION}, timeout=60)
+        assert page.status_code == 200 and "<mark>" in page.text
+        assert httpx.get(base + "/static/style.css", timeout=10).status_code == 200
+        assert httpx.get(base + "/add", timeout=10).status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,1 @@
+"""Scripts that train the shipped models; not part of the installed package."""
