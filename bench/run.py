@@ -258,7 +258,8 @@ def http_load(cfg: Config, backend: str, qs: list[str], seconds: int, clients=(1
             "request = function() i = i % #paths + 1; return wrk.format('GET', paths[i]) end\n"
             "done = function(summary, latency, requests)\n"
             '  io.write(string.format(\'JSON {"requests": %d, "non2xx": %d, "errors": %d, "p50": %.2f, "p95": %.2f, "p99": %.2f}\\n\',\n'
-            "    summary.requests, summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,\n"
+            "    summary.requests, summary.errors.status,\n"
+            "    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,\n"
             "    latency:percentile(50)/1000, latency:percentile(95)/1000, latency:percentile(99)/1000))\nend\n"
         )
         httpx.get(f"http://127.0.0.1:{port}/api/ask", params={"q": qs[0]}, timeout=60)
@@ -360,7 +361,8 @@ def txtai_peer(cfg: Config, embedder, qs: list[str], our_build: dict, limit: int
         "txtai_search_ms": pct(peer["search_ms"]),
         "our_dense_search_ms": pct(ours),
         "our_passages_searched": our_build["passages"],
-        "note": "our build also makes sentence vectors (pooled from the passage run), HNSW, SQLite and BM25 postings; txtai embeds passages only",
+        "note": "our build also makes sentence vectors (pooled from the passage run), HNSW, SQLite and BM25 postings; "
+        "txtai embeds passages only",
         "ratio_query_p50_txtai_over_ours": round(pct(peer["search_ms"])["p50"] / pct(ours)["p50"], 2),
         "ratio_indexing_passages_per_s_ours_over_txtai": round(our_rate / txtai_rate, 2),
     }

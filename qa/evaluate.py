@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import collections
 import hashlib
-import json
-import re
-import string
 import time
 from pathlib import Path
 
@@ -15,45 +11,12 @@ import numpy as np
 from qa.config import Config
 from qa.embedding import Embedder
 from qa.index import build_index
+from qa.metrics import exact_match, f1_score, normalize_answer, read_jsonl
 from qa.models import Document, Filters
 from qa.pipeline import Pipeline
 from qa.progress import Progress
 
 RECALL_AT = (1, 5, 20)
-
-
-def normalize_answer(s: str) -> str:
-    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-def exact_match(prediction: str, gold: list[str]) -> float:
-    return float(any(normalize_answer(prediction) == normalize_answer(g) for g in gold))
-
-
-def f1_score(prediction: str, gold: list[str]) -> float:
-    best = 0.0
-    pred_tokens = normalize_answer(prediction).split()
-    for g in gold:
-        gold_tokens = normalize_answer(g).split()
-        common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
-        same = sum(common.values())
-        if not pred_tokens or not gold_tokens:
-            best = max(best, float(pred_tokens == gold_tokens))
-            continue
-        if same == 0:
-            continue
-        precision, recall = same / len(pred_tokens), same / len(gold_tokens)
-        best = max(best, 2 * precision * recall / (precision + recall))
-    return best
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def paragraphs_as_documents(paragraphs: list[dict]) -> list[Document]:

@@ -1,9 +1,9 @@
 """BM25 over the passages' words: postings arrays on disk, scored with numpy at question time.
 
 SQLite's FTS5 computes bm25() for every passage that holds any question word, and news questions
-carry words found in tens of thousands of passages: on 180,000 passages that was 36-48 ms of a
-56 ms question. Summing a few postings lists with numpy takes about a millisecond, with every
-question word kept. bm25s (the library that does this with sparse matrices) cannot add or remove
+carry words found in tens of thousands of passages: at news-archive scale that was most of a
+question's time (docs/benchmarks.md). Summing a few postings lists with numpy is far cheaper,
+with every question word kept. bm25s (the library that does this with sparse matrices) cannot add or remove
 a passage without indexing them all again, and adding an article must take a second or two, so
 this follows `VectorIndex`: an immutable base, a small delta of later additions and a list of
 removed passages, merged into a new base once they outgrow `Config.vector_delta_fraction`.

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from qa.evaluate import evaluate, exact_match, f1_score, normalize_answer
+from qa.evaluate import evaluate
+from qa.metrics import exact_match, f1_score, normalize_answer
 from qa.models import Filters
 from tests.conftest import IBM_QUESTION, ROOT
 

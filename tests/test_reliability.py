@@ -6,6 +6,7 @@ Fast versions run in `make test`; `make stress` runs the same tests with more tr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -121,7 +122,7 @@ def test_queries_never_fail_during_rebuild_uploads_and_deletes(sample_config, em
         f"{latencies[len(latencies) // 2]:.0f} ms, p95 {latencies[int(len(latencies) * 0.95)]:.0f} ms, "
         f"max {latencies[-1]:.0f} ms"
     )
-    for status, version, docs in responses:
+    for _status, version, docs in responses:
         for doc_id, (born, died) in lifetimes.items():
             if doc_id in docs:  # a response only shows an article from versions that had it
                 assert version >= born and (died is None or version < died), (doc_id, version, born, died)
@@ -174,10 +175,8 @@ def test_server_killed_during_upload_keeps_article_all_or_nothing(sample_config,
         try:
 
             def upload() -> None:
-                try:
+                with contextlib.suppress(httpx.HTTPError):
                     httpx.post(f"{server.url}/api/documents", json=article, headers=AUTH, timeout=60)
-                except httpx.HTTPError:
-                    pass
 
             t = threading.Thread(target=upload)
             t.start()

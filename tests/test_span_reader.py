@@ -32,8 +32,14 @@ def make_tiny_model(folder, seed: int = 0, tokenizer=None):
 
     torch.manual_seed(seed)
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(resolve_model(Config().model))
-    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512)
+    cfg = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
     BertForQuestionAnswering(cfg).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -88,8 +94,9 @@ def test_any_named_qa_model_reads_through_the_pipeline(tiny_model, sample_index,
 def test_spans_pay_for_a_weaker_passage(tiny_model, sample_index, embedder, tmp_path):
     """The ranking adds the passage's retrieval score: with a large weight the best retrieved
     passage's spans come first, whatever a (here random) model thinks of the others."""
-    base = sample_index.replace(reader_model=str(tiny_model), answer_threshold=0.0, span_null_margin=-1e9,
-                                cache=tmp_path, max_answers=10, span_passage_weight=0.0)
+    base = sample_index.replace(
+        reader_model=str(tiny_model), answer_threshold=0.0, span_null_margin=-1e9, cache=tmp_path, max_answers=10, span_passage_weight=0.0
+    )
     question = "What chips would Inspur use?"
     plain = Pipeline(base, embedder, reader=SpanReader(base)).ask(question)
     best = plain.passages[0].id
@@ -102,7 +109,9 @@ def test_spans_pay_for_a_weaker_passage(tiny_model, sample_index, embedder, tmp_
     _check_answers(weighted, sample_index)
 
 
-@pytest.mark.parametrize("backend, precision, tolerance", [("onnx", "int8", 1e-3), ("onnx-int8", "int8", 0.35), ("onnx-int8", "float", 1e-3)])
+@pytest.mark.parametrize(
+    "backend, precision, tolerance", [("onnx", "int8", 1e-3), ("onnx-int8", "int8", 0.35), ("onnx-int8", "float", 1e-3)]
+)
 def test_onnx_reader_gives_torch_logits(tiny_model, tmp_path, backend, precision, tolerance):
     import numpy as np
 
@@ -129,7 +138,9 @@ def test_the_int8_reader_keeps_its_feed_forward_outputs_in_float(tiny_model, tmp
     nodes = onnx.load(str(path)).graph.node
     floats = [n.name for n in nodes if n.op_type == "MatMul" and re.search(FLOAT_MATMULS, n.name)]
     assert len(floats) == reader.model.config.num_hidden_layers
-    assert sum(n.op_type == "MatMulInteger" for n in nodes) == 5 * reader.model.config.num_hidden_layers + 1  # q, k, v, attention out, up; the head
+    assert (
+        sum(n.op_type == "MatMulInteger" for n in nodes) == 5 * reader.model.config.num_hidden_layers + 1
+    )  # q, k, v, attention out, up; the head
 
 
 def test_an_unknown_reader_precision_is_refused():
@@ -181,7 +192,7 @@ def test_shipped_weights_are_small_and_load():
     files = sum(p.stat().st_size for p in WEIGHTS.iterdir())
     assert files < 24e6  # fp16 layers and head; the 11.7M-parameter word embeddings are never shipped
     with safe_open(str(WEIGHTS / "top_layers.safetensors"), "pt") as f:
-        assert not [k for k in f.keys() if "embeddings" in k]
+        assert not [k for k in f.keys() if "embeddings" in k]  # noqa: SIM118 - safe_open is not a dict
     model, _ = load_qa_model(None)
     assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384
 
@@ -225,8 +236,14 @@ def test_the_sentences_read_follow_the_configured_weights(tiny_model, sample_ind
     question = "What chips would Inspur use?"
     chosen = {}
     for name, (cosine, overlap, passage) in {"cosine": (1.0, 0.0, 0.0), "overlap": (0.0, 1.0, 0.0), "passage": (0.0, 0.0, 1.0)}.items():
-        cfg = sample_index.replace(reader_model=str(tiny_model), cache=tmp_path, span_context_tokens=1,
-                                   span_weight_cosine=cosine, span_weight_overlap=overlap, span_weight_passage=passage)
+        cfg = sample_index.replace(
+            reader_model=str(tiny_model),
+            cache=tmp_path,
+            span_context_tokens=1,
+            span_weight_cosine=cosine,
+            span_weight_overlap=overlap,
+            span_weight_passage=passage,
+        )
         pipeline = Pipeline(cfg, embedder, reader=SpanReader(cfg))
         index = pipeline.index()
         vector = embedder.embed([question])[0]

@@ -7,8 +7,8 @@ Both run from the repo root. `prepare` tokenises the training questions exactly 
 `training.train_reader` does (same split, same synthetic questions, negatives drawn with a stored
 uniform draw so that their share can vary) and writes the bundled encoder with its word embeddings
 in int8 (the rows the data uses; the device tool carries at most 64 MiB with the repo). `run` needs
-torch, transformers and safetensors, and scores with `qa eval`'s SQuAD metrics (qa/evaluate.py), so
-the qa package's own dependencies must import there too.
+torch, transformers and safetensors, and scores with `qa eval`'s SQuAD metrics (qa/metrics.py,
+which imports nothing beyond the standard library).
 
 Selection is on a dev fold of the TRAINING articles (Martin_Luther, Genghis_Khan, Teacher: 992
 questions): each setting is trained on the rest and scored on the dev fold, whole gold paragraph,
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qa.evaluate import exact_match, f1_score
+from qa.metrics import exact_match, f1_score
 
 DEV_TITLES = {"Martin_Luther", "Genghis_Khan", "Teacher"}
 LENGTHS = ((192, 64), (384, 128))  # (window tokens, stride)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from qa.config import DEFAULT_MODEL, Config
-from qa.evaluate import exact_match, f1_score, read_jsonl
+from qa.metrics import exact_match, f1_score, read_jsonl
 from qa.readers.span import META_FILE, TOP_FILE, WEIGHTS
 
 #: ../shared/data: the shared/ folder beside the repo (training/ is at the repo's root).

@@ -210,7 +210,7 @@ def _publish(
         if previous is not None:
             shutil.copy2(previous.path / STORE, work / STORE)
             # The builder's own copy of the previous version, so its vectors can be changed in
-            # place: reading an HNSW base again costs about 0.5 s (its graph is not memory-mapped).
+            # place: reading an HNSW base again is slow (its graph is not memory-mapped).
             passage_vectors, sentence_vectors = previous.passage_vectors, previous.sentence_vectors
             lexical = previous.lexical
             previous.close()

@@ -90,8 +90,8 @@ class IndexVersion:
 
     def __init__(self, path: Path, config: Config) -> None:
         self.path = path
-        # A question is one vector: OpenMP's threads only add a hand-off to each search (about
-        # 20 ms on a busy 2-core machine, against 1 ms alone); concurrency comes from requests.
+        # A question is one vector: OpenMP's threads only add a hand-off to each search, which on a
+        # busy machine costs more than the search; concurrency comes from requests.
         faiss.omp_set_num_threads(1)
         try:
             self.manifest = Manifest.read(path / MANIFEST)
