@@ -1,0 +1,409 @@
+"""`make train-reader`: the span reader trained on all of SQuAD v1.1 train, resumable, on a CPU or a GPU.
+
+    python -m training.squad_reader train [--epochs 1] [--limit N] [--checkpoints DIR] [--out qa/reader_weights]
+
+Data (../shared/data, never committed):
+- trains on `squad11_train` (all 442 articles but the CALIBRATION fold) and the RealTimeQA training
+  split (`answer_in_context`, md5(question id) % 5 != 0);
+- the CALIBRATION fold (squad11_train articles with md5(title) % 40 == 0) is never trained on: the
+  score's calibration is fitted there (`python -m training.calibrate`);
+- all 13 articles of `squad11_dev13` and the RealTimeQA held-out split are never seen: figures are
+  measured there (`python -m training.train_reader eval --set squad13`).
+
+Windows are what the service reads: the question and about `--context-tokens` tokens of contiguous
+sentences around the answer (the service reads the question's best sentences, 96 tokens by default),
+so a window is about a third of the old 384-token ones and an epoch of 100,000 questions fits a CPU.
+No-answer targets ([CLS]) come from three kinds of windows:
+- sentences of the same paragraph that do not hold the answer (`--same-paragraph`),
+- another paragraph of the article (`--other-paragraph`),
+- hard negatives (`--hard`): the question with its key name, number or year swapped for another of
+  the same kind from the same article and absent from the window, read with the answer's own window,
+  so that the window holds a plausible-looking wrong span (SQuAD 2.0's unanswerable kind).
+
+The run is resumable: every `--checkpoint-every` steps the trained weights, the optimiser and the
+step go to `--checkpoints`; running the same command again continues from the last one (the batch
+order is a function of the seed, so the result is the same as an uninterrupted run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qa.config import DEFAULT_MODEL
+from qa.metrics import read_jsonl
+from qa.readers.span import META_FILE, TOP_FILE, WEIGHTS
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+SQUAD_TRAIN = "squad11_train"
+RTQA = "realtimeqa_2020_2021"
+CHECKPOINTS = Path(__file__).resolve().parent.parent / ".cache" / "reader-train"
+SEED = 13
+
+
+def calibration_fold(title: str) -> bool:
+    """About one training article in forty, kept for fitting the score's calibration."""
+    return int(hashlib.md5(title.encode()).hexdigest(), 16) % 40 == 0
+
+
+def rtqa_held_out(qid: str) -> bool:
+    return int(hashlib.md5(qid.encode()).hexdigest(), 16) % 5 == 0
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    import blingfire
+
+    _, offsets = blingfire.text_to_sentences_and_offsets(text)
+    return [(a, b) for a, b in offsets if b > a] or [(0, len(text))]
+
+
+def load_questions(data: Path, fold: str = "train") -> list[dict]:
+    """Questions with their paragraph: fold "train" (training), "calibration" (the calibration fold)."""
+    out = []
+    for name in (SQUAD_TRAIN, RTQA):
+        paragraphs = {p["id"]: p for p in read_jsonl(data / name / "paragraphs.jsonl")}
+        for q in read_jsonl(data / name / "questions.jsonl"):
+            if not q.get("answers") or (name == RTQA and not q.get("answer_in_context")):
+                continue
+            p = paragraphs.get(q["context_id"])
+            if p is None:
+                continue
+            title = p.get("title") or p["id"]
+            if name == RTQA:
+                if rtqa_held_out(q["id"]) or fold != "train":
+                    continue
+            elif calibration_fold(title) != (fold == "calibration"):
+                continue
+            ctx, a = p["context"], q["answers"][0]
+            start = a["answer_start"]
+            if ctx[start : start + len(a["text"])] != a["text"]:
+                start = ctx.find(a["text"])
+                if start < 0:
+                    continue
+            out.append({"id": q["id"], "question": q["question"], "context_id": p["id"], "paragraph": ctx, "title": title,
+                        "start": start, "end": start + len(a["text"]), "answers": [x["text"] for x in q["answers"]]})
+    return out
+
+
+def window(sentences: list[tuple[int, int]], lengths: list[int], first: int, last: int, budget: int, rng: random.Random) -> tuple[int, int]:
+    """Sentence indices [lo, hi] around first..last, grown at random to either side within `budget` tokens."""
+    lo, hi = first, last
+    used = sum(lengths[lo : hi + 1])
+    while True:
+        sides = [s for s in ("left", "right") if (s == "left" and lo > 0) or (s == "right" and hi < len(sentences) - 1)]
+        sides = [s for s in sides if used + lengths[lo - 1 if s == "left" else hi + 1] <= budget]
+        if not sides:
+            return lo, hi
+        if rng.choice(sides) == "left":
+            lo -= 1
+            used += lengths[lo]
+        else:
+            hi += 1
+            used += lengths[hi]
+
+
+_YEAR = re.compile(r"\b(1[5-9]\d\d|20\d\d)\b")
+_NUMBER = re.compile(r"\b\d[\d,.]*\b")
+_NAME = re.compile(r"(?<!^)(?<![.?!] )\b[A-Z][a-z]+(?: (?:of |de |the )?[A-Z][a-z]+)*")
+
+
+def swap_key_term(question: str, article_text: str, window_text: str, rng: random.Random) -> str | None:
+    """The question with a year, number or name swapped for another of its kind from the article that
+    the window does not hold; None when there is none to swap."""
+    for pattern in (_YEAR, _NUMBER, _NAME):
+        found = [m for m in pattern.finditer(question) if m.group(0) in window_text]
+        if not found:
+            continue
+        m = rng.choice(found)
+        others = sorted({x.group(0) for x in pattern.finditer(article_text)} - {m.group(0)})
+        others = [o for o in others if o not in window_text and o not in question]
+        if others:
+            return question[: m.start()] + rng.choice(others) + question[m.end() :]
+    return None
+
+
+def build_examples(questions: list[dict], tokenizer, args, rng: random.Random) -> list[dict]:
+    """(question, context, answer offsets in the context or None) for every training window."""
+    by_title: dict[str, dict[str, str]] = {}
+    for q in questions:
+        by_title.setdefault(q["title"], {})[q["context_id"]] = q["paragraph"]
+    articles = {t: "\n".join(ps.values()) for t, ps in by_title.items()}
+    split: dict[str, tuple[list[tuple[int, int]], list[int]]] = {}
+    for paragraphs in by_title.values():
+        for pid, text in paragraphs.items():
+            spans = sentence_spans(text)
+            lengths = [len(ids) for ids in tokenizer([text[a:b] for a, b in spans], add_special_tokens=False)["input_ids"]]
+            split[pid] = (spans, lengths)
+    out: list[dict] = []
+    kinds = {"answer": 0, "same_paragraph": 0, "other_paragraph": 0, "hard": 0}
+    for q in questions:
+        spans, lengths = split[q["context_id"]]
+        first = next((i for i, (_, b) in enumerate(spans) if b > q["start"]), len(spans) - 1)
+        last = next((i for i, (_, b) in enumerate(spans) if b >= q["end"]), len(spans) - 1)
+        lo, hi = window(spans, lengths, first, last, args.context_tokens, rng)
+        a, b = spans[lo][0], spans[hi][1]
+        text = q["paragraph"]
+        out.append({"question": q["question"], "context": text[a:b], "start": q["start"] - a, "end": q["end"] - a})
+        kinds["answer"] += 1
+        if rng.random() < args.same_paragraph:  # sentences of the paragraph that do not hold the answer
+            free = [i for i, (x, y) in enumerate(spans) if not any(ans in text[x:y] for ans in q["answers"])]
+            if free:
+                i = rng.choice(free)
+                lo2, hi2 = window(spans, lengths, i, i, args.context_tokens, rng)
+                ctx = text[spans[lo2][0] : spans[hi2][1]]
+                if not any(ans in ctx for ans in q["answers"]):
+                    out.append({"question": q["question"], "context": ctx, "start": None, "end": None})
+                    kinds["same_paragraph"] += 1
+        if rng.random() < args.other_paragraph:
+            others = [pid for pid, t in by_title[q["title"]].items() if pid != q["context_id"] and not any(x in t for x in q["answers"])]
+            if others:
+                pid = rng.choice(others)
+                spans2, lengths2 = split[pid]
+                i = rng.randrange(len(spans2))
+                lo2, hi2 = window(spans2, lengths2, i, i, args.context_tokens, rng)
+                out.append({"question": q["question"], "context": by_title[q["title"]][pid][spans2[lo2][0] : spans2[hi2][1]],
+                            "start": None, "end": None})
+                kinds["other_paragraph"] += 1
+        if rng.random() < args.hard:
+            swapped = swap_key_term(q["question"], articles[q["title"]], text[a:b], rng)
+            if swapped is not None:
+                out.append({"question": swapped, "context": text[a:b], "start": None, "end": None})
+                kinds["hard"] += 1
+    print(f"windows: {json.dumps(kinds)}", flush=True)
+    return out
+
+
+def featurize(tokenizer, examples: list[dict], max_len: int) -> list[dict]:
+    """Input ids, token types, and start/end token targets (0, the [CLS] token, for no answer)."""
+    feats = []
+    for k in range(0, len(examples), 4096):
+        chunk = examples[k : k + 4096]
+        enc = tokenizer([e["question"] for e in chunk], [e["context"] for e in chunk], truncation="only_second",
+                        max_length=max_len, return_offsets_mapping=True)
+        for w, e in enumerate(chunk):
+            seq, offsets = enc.sequence_ids(w), enc["offset_mapping"][w]
+            s_tok = e_tok = 0
+            if e["start"] is not None:
+                ctx = [t for t, s in enumerate(seq) if s == 1]
+                inside = [t for t in ctx if offsets[t][1] > e["start"] and offsets[t][0] < e["end"]]
+                if not inside:
+                    continue  # the answer was cut off by truncation: no clean target
+                s_tok, e_tok = inside[0], inside[-1]
+            feats.append({"input_ids": enc["input_ids"][w], "token_type_ids": enc["token_type_ids"][w], "start": s_tok, "end": e_tok})
+    return feats
+
+
+# --------------------------------------------------------------------------------------- training
+
+
+def batches(feats: list[dict], size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Batches of similar length, in an order fixed by (seed, epoch): a resumed run sees the same ones."""
+    rng = random.Random(f"{seed}-{epoch}")
+    order = list(range(len(feats)))
+    rng.shuffle(order)
+    # Sort within chunks of 50 batches: little padding, still a random mix.
+    chunk = size * 50
+    order = [i for c in range(0, len(order), chunk) for i in sorted(order[c : c + chunk], key=lambda i: len(feats[i]["input_ids"]))]
+    out = [order[i : i + size] for i in range(0, len(order), size)]
+    rng.shuffle(out)
+    return out
+
+
+def device_for(choice: str):
+    import torch
+
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def native_bf16() -> bool:
+    try:
+        return re.search(r"\b(avx512_bf16|amx_bf16)\b", Path("/proc/cpuinfo").read_text()) is not None
+    except OSError:
+        return False
+
+
+def trained_state(model) -> dict:
+    """What ships: the encoder layers and the span head (the embeddings stay the bundled model's)."""
+    return {k: v for k, v in model.state_dict().items() if k.startswith(("qa_outputs.", "bert.encoder.layer."))}
+
+
+def signature(args, n_feats: int) -> str:
+    keys = ("seed", "epochs", "lr", "head_lr", "layer_decay", "batch", "context_tokens", "max_len", "same_paragraph",
+            "other_paragraph", "hard", "limit")
+    return hashlib.sha256(json.dumps([n_feats, *[getattr(args, k) for k in keys]]).encode()).hexdigest()[:16]
+
+
+def cmd_train(args) -> None:
+    import torch
+    from transformers import AutoTokenizer, BertForQuestionAnswering
+    from transformers.utils import logging as hf_logging
+
+    from qa.embedding import resolve_model
+
+    torch.set_num_threads(args.threads)
+    device = device_for(args.device)
+    bf16 = device.type == "cuda" or args.precision == "bf16" or (args.precision == "auto" and native_bf16())
+    print(f"training on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{args.threads} threads'}), "
+          f"{'bf16 autocast' if bf16 else 'fp32'}", flush=True)
+    started = time.time()
+    hf_logging.set_verbosity_error()
+    base = resolve_model(DEFAULT_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    rng = random.Random(args.seed)
+    questions = load_questions(Path(args.data), "train")
+    rng.shuffle(questions)
+    if args.limit:
+        questions = questions[: args.limit]
+    print(f"{len(questions)} training questions ({sum(q['id'].startswith('squad') for q in questions)} SQuAD)", flush=True)
+    feats = featurize(tokenizer, build_examples(questions, tokenizer, args, rng), args.max_len)
+    mean_len = float(np.mean([len(f["input_ids"]) for f in feats]))
+    print(f"{len(feats)} windows, {mean_len:.0f} tokens on average; data ready in {time.time() - started:.0f}s", flush=True)
+
+    torch.manual_seed(args.seed)
+    model = BertForQuestionAnswering.from_pretrained(base).to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layers = list(model.bert.encoder.layer)
+    groups = [{"params": list(layer.parameters()), "lr": args.lr * args.layer_decay ** (len(layers) - 1 - i)} for i, layer in enumerate(layers)]
+    groups.append({"params": list(model.qa_outputs.parameters()), "lr": args.lr * args.head_lr})
+    params = [p for g in groups for p in g["params"]]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.01)
+    per_epoch = len(batches(feats, args.batch, args.seed, 0))
+    steps = args.epochs * per_epoch
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+
+    ckpt_dir = Path(args.checkpoints) / signature(args, len(feats))
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    step = 0
+    ckpt = ckpt_dir / "last.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = state["step"]
+        print(f"resumed from {ckpt} at step {step}/{steps}", flush=True)
+    trained_s = 0.0 if step == 0 else float(state.get("trained_s", 0.0))
+
+    def save(path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save({"model": trained_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "step": step, "trained_s": trained_s}, tmp)
+        tmp.replace(path)
+
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    t0, total, seen = time.time(), 0.0, 0
+    while step < steps:
+        epoch, k = divmod(step, per_epoch)
+        b = batches(feats, args.batch, args.seed, epoch)[k]
+        n = max(len(feats[i]["input_ids"]) for i in b)
+        ids = torch.zeros(len(b), n, dtype=torch.long)
+        types = torch.zeros(len(b), n, dtype=torch.long)
+        mask = torch.zeros(len(b), n, dtype=torch.long)
+        for j, i in enumerate(b):
+            L = len(feats[i]["input_ids"])
+            ids[j, :L] = torch.tensor(feats[i]["input_ids"])
+            types[j, :L] = torch.tensor(feats[i]["token_type_ids"])
+            mask[j, :L] = 1
+        ys = torch.tensor([feats[i]["start"] for i in b], device=device)
+        ye = torch.tensor([feats[i]["end"] for i in b], device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(input_ids=ids.to(device), token_type_ids=types.to(device), attention_mask=mask.to(device))
+        loss = (loss_fn(out.start_logits.float(), ys) + loss_fn(out.end_logits.float(), ye)) / 2
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        step += 1
+        total += loss.item()
+        seen += len(b)
+        if step % 50 == 0 or step == steps:
+            elapsed = time.time() - t0
+            print(f"step {step}/{steps} loss {total / 50:.3f} {seen / elapsed:.1f} windows/s "
+                  f"eta {(steps - step) * elapsed / max(1, seen / args.batch) / 60:.0f} min", flush=True)
+            trained_s += elapsed
+            t0, total, seen = time.time(), 0.0, 0
+        if step % args.checkpoint_every == 0 or step == steps:
+            save(ckpt)
+    model.eval()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to("cpu").half().contiguous() for k, v in trained_state(model).items()}, str(out_dir / TOP_FILE))
+    meta = {
+        "base_model": DEFAULT_MODEL,
+        "architecture": "BertForQuestionAnswering",
+        "frozen_layers": 0,
+        "recipe": "training.squad_reader",
+        "command": "python -m training.squad_reader train " + " ".join(args.argv),
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "head_lr": args.head_lr,
+        "layer_decay": args.layer_decay,
+        "batch": args.batch,
+        "context_tokens": args.context_tokens,
+        "max_len": args.max_len,
+        "negatives": {"same_paragraph": args.same_paragraph, "other_paragraph": args.other_paragraph, "hard": args.hard},
+        "precision": "bf16" if bf16 else "fp32",
+        "device": str(device),
+        "train_questions": len(questions),
+        "train_windows": len(feats),
+        "held_out": "squad11_dev13 (all 13 articles), RealTimeQA md5(id) % 5 == 0, squad11_train md5(title) % 40 == 0 (calibration)",
+        "train_s": round(trained_s),
+    }
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"saved {out_dir / TOP_FILE}; trained {trained_s:.0f}s, wall {time.time() - started:.0f}s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="python -m training.squad_reader")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--data", default=str(DATA))
+    t.add_argument("--out", default=str(WEIGHTS))
+    t.add_argument("--checkpoints", default=str(CHECKPOINTS), help="where the resumable state goes")
+    t.add_argument("--checkpoint-every", type=int, default=200, help="steps")
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--lr", type=float, default=3e-4, help="the top layer's learning rate")
+    t.add_argument("--head-lr", type=float, default=5.0, help="the span head's rate, as a multiple of --lr")
+    t.add_argument("--layer-decay", type=float, default=0.8)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--context-tokens", type=int, default=96, help="context per window, as the service reads")
+    t.add_argument("--max-len", type=int, default=192, help="question and context, tokens")
+    t.add_argument("--same-paragraph", type=float, default=0.3, help="share of questions also read without their answer's sentences")
+    t.add_argument("--other-paragraph", type=float, default=0.1, help="share also read with another paragraph of the article")
+    t.add_argument("--hard", type=float, default=0.3, help="share also asked with a swapped key term (unanswerable)")
+    t.add_argument("--limit", type=int, default=0, help="train on the first N (shuffled) questions")
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--device", default="auto", help="auto (cuda when torch sees one), cpu, cuda")
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    t.add_argument("--seed", type=int, default=SEED)
+    args = ap.parse_args(argv)
+    args.argv = argv[1:]
+    cmd_train(args)
+
+
+if __name__ == "__main__":
+    main()
