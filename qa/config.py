@@ -78,7 +78,9 @@ class Config:
     reader: str = setting("span", "span (the trained span reader: short exact answers) or sentence (no model, fastest)")
     read_passages: int = setting(8, "Passages the reader looks at")
     max_answers: int = setting(5, "Most answers returned")
-    answer_threshold: float = setting(0.35, "Answers scoring below this are withheld; with none left, no_answer is true")
+    answer_threshold: float = setting(
+        0.3, "Answers less likely than this to be right are withheld (the span reader's score is that probability); "
+        "with none left, no_answer is true")
     reader_model: str = setting(
         "",
         "Span reader model: empty for the shipped one, or a QA model's name or folder; several, comma-separated, "

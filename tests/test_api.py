@@ -210,4 +210,4 @@ def test_service_follows_a_version_published_by_another_process(client, api_conf
     build_index(api_config, embedder)  # as `qa index` run by hand would
     r = client.get("/api/ask", params={"q": "Who bought the Pelham wharf?"}).json()
     assert r["index_version"] == before + 1
-    assert r["answers"][0]["document_id"] == "wharf.txt"
+    assert r["passages"][0]["document_id"] == "wharf.txt"

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qa.config import settings_table, with_settings_table
+from qa.config import Config, settings_table, with_settings_table
 from tests.conftest import IBM_QUESTION, ROOT, SAMPLE, free_port
 
 
@@ -25,7 +25,7 @@ def test_readme_settings_table_is_current() -> None:
 
 def test_settings_table_lists_every_setting_with_its_default() -> None:
     table = settings_table()
-    assert "| `QA_ANSWER_THRESHOLD` | 0.35 |" in table
+    assert f"| `QA_ANSWER_THRESHOLD` | {Config().answer_threshold} |" in table
     assert "| `QA_API_KEY` | unset |" in table
     assert all(line.count("|") >= 4 for line in table.splitlines())
 

@@ -90,8 +90,18 @@ def load_questions(data: Path, fold: str = "train") -> list[dict]:
                 start = ctx.find(a["text"])
                 if start < 0:
                     continue
-            out.append({"id": q["id"], "question": q["question"], "context_id": p["id"], "paragraph": ctx, "title": title,
-                        "start": start, "end": start + len(a["text"]), "answers": [x["text"] for x in q["answers"]]})
+            out.append(
+                {
+                    "id": q["id"],
+                    "question": q["question"],
+                    "context_id": p["id"],
+                    "paragraph": ctx,
+                    "title": title,
+                    "start": start,
+                    "end": start + len(a["text"]),
+                    "answers": [x["text"] for x in q["answers"]],
+                }
+            )
     return out
 
 
@@ -171,8 +181,14 @@ def build_examples(questions: list[dict], tokenizer, args, rng: random.Random) -
                 spans2, lengths2 = split[pid]
                 i = rng.randrange(len(spans2))
                 lo2, hi2 = window(spans2, lengths2, i, i, args.context_tokens, rng)
-                out.append({"question": q["question"], "context": by_title[q["title"]][pid][spans2[lo2][0] : spans2[hi2][1]],
-                            "start": None, "end": None})
+                out.append(
+                    {
+                        "question": q["question"],
+                        "context": by_title[q["title"]][pid][spans2[lo2][0] : spans2[hi2][1]],
+                        "start": None,
+                        "end": None,
+                    }
+                )
                 kinds["other_paragraph"] += 1
         if rng.random() < args.hard:
             swapped = swap_key_term(q["question"], articles[q["title"]], text[a:b], rng)
@@ -188,8 +204,13 @@ def featurize(tokenizer, examples: list[dict], max_len: int) -> list[dict]:
     feats = []
     for k in range(0, len(examples), 4096):
         chunk = examples[k : k + 4096]
-        enc = tokenizer([e["question"] for e in chunk], [e["context"] for e in chunk], truncation="only_second",
-                        max_length=max_len, return_offsets_mapping=True)
+        enc = tokenizer(
+            [e["question"] for e in chunk],
+            [e["context"] for e in chunk],
+            truncation="only_second",
+            max_length=max_len,
+            return_offsets_mapping=True,
+        )
         for w, e in enumerate(chunk):
             seq, offsets = enc.sequence_ids(w), enc["offset_mapping"][w]
             s_tok = e_tok = 0
@@ -240,8 +261,20 @@ def trained_state(model) -> dict:
 
 
 def signature(args, n_feats: int) -> str:
-    keys = ("seed", "epochs", "lr", "head_lr", "layer_decay", "batch", "context_tokens", "max_len", "same_paragraph",
-            "other_paragraph", "hard", "limit")
+    keys = (
+        "seed",
+        "epochs",
+        "lr",
+        "head_lr",
+        "layer_decay",
+        "batch",
+        "context_tokens",
+        "max_len",
+        "same_paragraph",
+        "other_paragraph",
+        "hard",
+        "limit",
+    )
     return hashlib.sha256(json.dumps([n_feats, *[getattr(args, k) for k in keys]]).encode()).hexdigest()[:16]
 
 
@@ -255,8 +288,11 @@ def cmd_train(args) -> None:
     torch.set_num_threads(args.threads)
     device = device_for(args.device)
     bf16 = device.type == "cuda" or args.precision == "bf16" or (args.precision == "auto" and native_bf16())
-    print(f"training on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{args.threads} threads'}), "
-          f"{'bf16 autocast' if bf16 else 'fp32'}", flush=True)
+    print(
+        f"training on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{args.threads} threads'}), "
+        f"{'bf16 autocast' if bf16 else 'fp32'}",
+        flush=True,
+    )
     started = time.time()
     hf_logging.set_verbosity_error()
     base = resolve_model(DEFAULT_MODEL)
@@ -276,7 +312,9 @@ def cmd_train(args) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     layers = list(model.bert.encoder.layer)
-    groups = [{"params": list(layer.parameters()), "lr": args.lr * args.layer_decay ** (len(layers) - 1 - i)} for i, layer in enumerate(layers)]
+    groups = [
+        {"params": list(layer.parameters()), "lr": args.lr * args.layer_decay ** (len(layers) - 1 - i)} for i, layer in enumerate(layers)
+    ]
     groups.append({"params": list(model.qa_outputs.parameters()), "lr": args.lr * args.head_lr})
     params = [p for g in groups for p in g["params"]]
     for p in params:
@@ -302,8 +340,16 @@ def cmd_train(args) -> None:
 
     def save(path: Path) -> None:
         tmp = path.with_suffix(".tmp")
-        torch.save({"model": trained_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "step": step, "trained_s": trained_s}, tmp)
+        torch.save(
+            {
+                "model": trained_state(model),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "step": step,
+                "trained_s": trained_s,
+            },
+            tmp,
+        )
         tmp.replace(path)
 
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -336,8 +382,11 @@ def cmd_train(args) -> None:
         seen += len(b)
         if step % 50 == 0 or step == steps:
             elapsed = time.time() - t0
-            print(f"step {step}/{steps} loss {total / 50:.3f} {seen / elapsed:.1f} windows/s "
-                  f"eta {(steps - step) * elapsed / max(1, seen / args.batch) / 60:.0f} min", flush=True)
+            print(
+                f"step {step}/{steps} loss {total / 50:.3f} {seen / elapsed:.1f} windows/s "
+                f"eta {(steps - step) * elapsed / max(1, seen / args.batch) / 60:.0f} min",
+                flush=True,
+            )
             trained_s += elapsed
             t0, total, seen = time.time(), 0.0, 0
         if step % args.checkpoint_every == 0 or step == steps:

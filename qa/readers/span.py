@@ -43,6 +43,7 @@ from qa.readers.base import (
     stem,
     trim,
 )
+from qa.readers.calibration import Calibration
 from qa.readers.sentence import SentenceReader
 from qa.retriever import Hit
 from qa.store import PassageRow
@@ -412,6 +413,24 @@ class SpanReader:
             # The span head learnt SQuAD's short answers and marks reasons poorly; the sentence
             # reader's reason clauses answer them better (docs/reader.md).
             return self.why_reader.read(question, question_vector, index, hits, rows)
+        answers: list[Answer] = []
+        for answer, features in self.candidates(question, question_vector, index, hits, rows):
+            if len(answers) >= self.config.max_answers:
+                break
+            score = self.calibration.probability(*features)
+            if score >= self.config.answer_threshold:
+                answers.append(answer.model_copy(update={"score": round(score, 4)}))
+        return answers
+
+    @cached_property
+    def calibration(self) -> Calibration:
+        """The shipped reader's fitted calibration; another model's scores stay sigmoid(logit)."""
+        return Calibration.load(WEIGHTS if member_names(self.config.reader_model) == [""] else None)
+
+    def candidates(
+        self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
+    ) -> list[tuple[Answer, tuple[float, float, float]]]:
+        """Distinct spans, best first, each with its calibration features (logit, gap, retrieval)."""
         contexts = self.contexts(question, question_vector, index, hits, rows)
         if not contexts:
             return []
@@ -429,12 +448,9 @@ class SpanReader:
             ),
             key=lambda pair: -pair[0],
         )
-        answers: list[Answer] = []
+        out: list[tuple[Answer, tuple[float, float, float]]] = []
         taken: list[tuple[str, int, int]] = []
-        for logit, sp in ranked:
-            score = 1.0 / (1.0 + math.exp(-logit))
-            if len(answers) >= self.config.max_answers or score < self.config.answer_threshold:
-                break
+        for logit, sp in ranked[: 4 * self.config.max_answers]:
             c = contexts[sp.context]
             row = c.row
             start, end = trim(row.text, c.start + sp.start, c.start + sp.end)
@@ -446,8 +462,10 @@ class SpanReader:
             taken.append((row.document_id, doc_start, doc_end))
             s_start = max((a for a, _ in c.sentences if a <= start), default=c.start)
             s_end = min((b for _, b in c.sentences if b >= end), default=c.end)
-            answers.append(make_answer(row, start, end, s_start, s_end, score))
-        return answers
+            score = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, logit))))
+            features = (logit, ranked[0][0] - logit, retrieved.get(row.id, 0.0))
+            out.append((make_answer(row, start, end, s_start, s_end, score), features))
+        return out
 
 
 def _sources(name: str) -> list[Path]:

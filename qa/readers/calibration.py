@@ -1,0 +1,79 @@
+"""The answer score as a probability: Platt scaling of the span reader's evidence.
+
+The span reader ranks spans by a logit (span minus no-answer, less a penalty for a weaker passage).
+A sigmoid of that logit is not the chance the span is right: it is over-confident, and every answer
+of a clear question scores near 1. A logistic regression over three features, fitted on questions
+the reader never trained on (`python -m training.calibrate fit`), turns them into the estimated
+probability that the answer matches a gold answer (SQuAD exact match):
+- `logit`: the span's ranking logit;
+- `gap`: how far it is below the question's best span (0 for the best), so that the second answer
+  of a question is not as sure as the first;
+- `retrieval`: its passage's fused retrieval score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FEATURES = ("logit", "gap", "retrieval")
+CALIBRATION_FILE = "calibration.json"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    weights: tuple[float, ...] = (1.0, 0.0, 0.0)  # the identity: sigmoid(logit)
+    bias: float = 0.0
+    fitted_on: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def probability(self, logit: float, gap: float, retrieval: float) -> float:
+        z = self.bias + self.weights[0] * logit + self.weights[1] * gap + self.weights[2] * retrieval
+        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+    @classmethod
+    def load(cls, folder: Path | None) -> Calibration:
+        """The calibration shipped beside a reader's weights; the identity when there is none."""
+        path = folder / CALIBRATION_FILE if folder is not None else None
+        if path is None or not path.exists():
+            return cls()
+        data = json.loads(path.read_text())
+        return cls(tuple(data["weights"]), float(data["bias"]), data.get("fitted_on", ""), data.get("extra", {}))
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        data = {"features": list(FEATURES), **asdict(self)}
+        (folder / CALIBRATION_FILE).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iterations: int = 50) -> tuple[tuple[float, ...], float]:
+    """Logistic regression by Newton's method: (weights, bias) for rows of FEATURES and 0/1 labels."""
+    X = np.hstack([x, np.ones((len(x), 1))])
+    w = np.zeros(X.shape[1])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(X @ w, -50, 50)))
+        grad = X.T @ (p - y) + l2 * np.r_[w[:-1], 0.0]
+        hess = (X * (p * (1 - p))[:, None]).T @ X + l2 * np.eye(X.shape[1])
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return tuple(float(v) for v in w[:-1]), float(w[-1])
+
+
+def reliability(scores: np.ndarray, correct: np.ndarray, bins: int = 10) -> tuple[list[dict], float]:
+    """Score bins against the fraction correct, and the expected calibration error."""
+    rows, ece = [], 0.0
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for i in range(bins):
+        inside = (scores >= edges[i]) & ((scores < edges[i + 1]) if i < bins - 1 else (scores <= 1.0))
+        n = int(inside.sum())
+        if n:
+            mean, right = float(scores[inside].mean()), float(correct[inside].mean())
+            ece += n / len(scores) * abs(mean - right)
+            rows.append({"bin": f"{edges[i]:.1f}-{edges[i + 1]:.1f}", "n": n, "mean_score": round(mean, 3), "correct": round(right, 3)})
+    return rows, round(ece, 4)

@@ -1,0 +1,54 @@
+"""The answer score as a probability: the fit, the reliability measure, and the reader applying it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qa.readers.calibration import Calibration, fit, reliability
+from qa.readers.span import WEIGHTS, SpanReader
+
+
+def test_fit_recovers_a_known_logistic_relation() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20_000, 3)) * [3.0, 1.0, 0.3]
+    p = 1 / (1 + np.exp(-(0.8 * x[:, 0] - 1.5 * x[:, 1] + 0.0 * x[:, 2] - 0.5)))
+    y = (rng.random(len(p)) < p).astype(float)
+    weights, bias = fit(x, y)
+    assert np.allclose(weights[:2], [0.8, -1.5], atol=0.1) and abs(bias + 0.5) < 0.1
+
+
+def test_reliability_bins_and_expected_calibration_error() -> None:
+    scores = np.array([0.15] * 10 + [0.85] * 10)
+    right = np.array([1] * 1 + [0] * 9 + [1] * 9 + [0] * 1, dtype=float)  # 10% and 90% right
+    rows, ece = reliability(scores, right)
+    assert [r["n"] for r in rows] == [10, 10]
+    assert ece == 0.05  # |0.15 - 0.1| and |0.85 - 0.9|, each half the answers
+    overconfident = reliability(np.full(20, 0.99), right)[1]
+    assert overconfident > 0.4
+
+
+def test_the_reader_scores_with_its_calibration_and_withholds_below_the_threshold(sample_index, embedder) -> None:
+    from qa.pipeline import Pipeline
+
+    cfg = sample_index.replace(answer_threshold=0.0)
+    reader = SpanReader(cfg)
+    pipeline = Pipeline(cfg, embedder, reader=reader)
+    question = "Which chips would Inspur use in its servers?"
+    reader.__dict__["calibration"] = Calibration((1.0, 0.0, 0.0), 0.0)  # the identity: sigmoid(logit)
+    raw = pipeline.ask(question).answers
+    reader.__dict__["calibration"] = Calibration((1.0, -1.0, 0.0), -2.0)
+    shifted = pipeline.ask(question).answers
+    assert raw and [a.text for a in raw] == [a.text for a in shifted]
+    assert all(b.score < a.score for a, b in zip(raw, shifted) if 0.001 < a.score < 0.999)  # the bias and the gap lower them
+    assert any(b.score < a.score for a, b in zip(raw, shifted))
+    assert all(x.score >= y.score for x, y in zip(shifted, shifted[1:]))
+    strict = SpanReader(sample_index.replace(answer_threshold=0.3), model=reader.model, tokenizer=reader.tokenizer)
+    strict.__dict__["calibration"] = Calibration((1.0, 0.0, 0.0), -100.0)  # nothing is likely right
+    assert Pipeline(sample_index, embedder, reader=strict).ask(question).no_answer
+
+
+def test_the_shipped_calibration_is_fitted_and_ranks_second_answers_lower() -> None:
+    cal = Calibration.load(WEIGHTS)
+    assert cal.fitted_on, "qa/reader_weights/calibration.json is missing: python -m training.calibrate fit"
+    assert cal.weights[0] > 0  # a stronger span is more likely right
+    assert cal.probability(5.0, 0.0, 0.8) > cal.probability(5.0, 3.0, 0.8)  # behind the best span: less sure

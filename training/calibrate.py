@@ -1,0 +1,208 @@
+"""Fit and check the span reader's score calibration (qa/readers/calibration.py).
+
+    python -m training.calibrate fit [--limit N]                 # writes qa/reader_weights/calibration.json
+    python -m training.calibrate report [--set squad] [--limit N] [--mode open|gold]
+
+`fit` asks the calibration fold of `squad11_train` (articles with md5(title) % 40 == 0, never trained
+on) through the service's own path (open mode: retrieval over the fold's paragraphs, then the span
+reader) and fits a logistic regression from each answer's features to whether it is right (SQuAD
+exact match). `report` measures on held-out questions: the reliability table (score bins against
+the fraction right) and the expected calibration error, before (sigmoid of the logit) and after; and
+the no-answer check on hard unanswerable questions made from the held-out ones (a key name, number
+or year swapped for another of the article's, asked of the gold paragraph), next to what the
+threshold costs the answerable ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from qa.config import Config
+from qa.metrics import exact_match, f1_score, read_jsonl
+from qa.readers.calibration import Calibration, fit, reliability
+from qa.readers.span import WEIGHTS
+from training.squad_reader import DATA, load_questions, swap_key_term
+
+SEED = 13
+
+
+def collect(config: Config, paragraphs: Path, questions: list[dict], mode: str) -> list[dict]:
+    """For each question, its span candidates (features, text) as the service reads them."""
+    import torch
+
+    from qa.embedding import Embedder
+    from qa.evaluate import eval_index_dir, paragraphs_as_documents
+    from qa.index import build_index
+    from qa.models import Filters
+    from qa.pipeline import Pipeline
+    from qa.progress import Progress
+    from qa.readers.base import is_why
+    from qa.readers.span import SpanReader
+
+    cfg = config.replace(index=eval_index_dir(config, paragraphs))
+    embedder = Embedder.from_config(cfg)
+    embedder.model
+    torch.set_num_threads(max(1, config.reader_threads))
+    build_index(cfg, embedder, upserts=paragraphs_as_documents(read_jsonl(paragraphs)), deletes=[], wait=600)
+    reader = SpanReader(cfg)
+    pipeline = Pipeline(cfg, embedder, reader=reader)
+    index = pipeline.index()
+    out = []
+    progress = Progress(len(questions), "questions", "question")
+    for q in questions:
+        progress.update(1)
+        if is_why(q["question"]):
+            continue  # answered by the sentence reader, whose score is not calibrated
+        vector = embedder.embed([q["question"]])[0]
+        filters = Filters(document_id=q["context_id"]) if mode == "gold" else None
+        hits = pipeline.retriever.retrieve(index, vector, q["question"], max(20, cfg.read_passages), filters)
+        rows = index.store.passages([h.passage_id for h in hits])
+        cands = reader.candidates(q["question"], vector, index, hits, rows)[: cfg.max_answers]
+        gold = [a["text"] for a in q.get("answers", [])]
+        out.append(
+            {
+                "id": q["id"],
+                "impossible": bool(q.get("is_impossible")),
+                "gold": gold,
+                "candidates": [
+                    {
+                        "features": list(f),
+                        "text": a.text,
+                        "em": exact_match(a.text, gold) if gold else 0.0,
+                        "f1": f1_score(a.text, gold) if gold else 0.0,
+                    }
+                    for a, f in cands
+                ],
+            }
+        )
+    progress.close()
+    return out
+
+
+def write_set(questions: list[dict], folder: Path) -> Path:
+    """Questions of `load_questions` in the qa eval format: (paragraphs file), questions returned in place."""
+    paragraphs = {q["context_id"]: {"id": q["context_id"], "title": q["title"], "context": q["paragraph"]} for q in questions}
+    path = folder / "paragraphs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in paragraphs.values()))
+    return path
+
+
+def cmd_fit(args) -> None:
+    questions = load_questions(Path(args.data), "calibration")
+    if args.limit:
+        questions = random.Random(SEED).sample(questions, min(args.limit, len(questions)))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "calibration_fold"
+        folder.mkdir()
+        paragraphs = write_set(questions, folder)
+        qs = [{**q, "answers": [{"text": t} for t in q["answers"]]} for q in questions]
+        rows = collect(Config.load(), paragraphs, qs, args.mode)
+    x = np.array([c["features"] for r in rows for c in r["candidates"]])
+    y = np.array([c["em"] for r in rows for c in r["candidates"]])
+    weights, bias = fit(x, y)
+    cal = Calibration(
+        weights,
+        bias,
+        f"squad11_train calibration fold, {args.mode} mode: {len(rows)} questions, {len(y)} answers",
+        {"mode": args.mode, "questions": len(rows), "answers": int(len(y))},
+    )
+    before, ece_before = reliability(1 / (1 + np.exp(-x[:, 0])), y)
+    after, ece_after = reliability(np.array([cal.probability(*f) for f in x]), y)
+    cal.save(Path(args.out))
+    print(
+        json.dumps(
+            {
+                "weights": weights,
+                "bias": bias,
+                "fold_ece_before": ece_before,
+                "fold_ece_after": ece_after,
+                "fold_reliability_after": after,
+                "fold_reliability_before": before,
+            },
+            indent=1,
+        )
+    )
+
+
+def cmd_report(args) -> None:
+    from training.train_reader import held_out_questions
+
+    paragraphs, questions = held_out_questions(args.set, Path(args.data))
+    if args.limit:
+        questions = random.Random(SEED).sample(questions, min(args.limit, len(questions)))
+    config = Config.load()
+    cal = Calibration.load(WEIGHTS)
+    report: dict = {"set": args.set, "mode": args.mode, "calibration": cal.fitted_on}
+    rows = collect(config, paragraphs, questions, args.mode)
+    for which in ("top", "all"):
+        cands = [c for r in rows for c in (r["candidates"][:1] if which == "top" else r["candidates"])]
+        y = np.array([c["em"] for c in cands])
+        raw = np.array([1 / (1 + np.exp(-c["features"][0])) for c in cands])
+        calibrated = np.array([cal.probability(*c["features"]) for c in cands])
+        report[f"{which}_answers"] = len(cands)
+        report[f"{which}_ece_sigmoid"] = reliability(raw, y)[1]
+        report[f"{which}_ece_calibrated"], report[f"{which}_reliability_calibrated"] = reliability(calibrated, y)[::-1]
+        report[f"{which}_reliability_sigmoid"] = reliability(raw, y)[0]
+    # What the threshold costs answerable questions (F1 of the top answer, withheld when below it),
+    # and the hard unanswerable probe in gold mode: the share that gets no answer.
+    by_paragraph = {p["id"]: p for p in read_jsonl(paragraphs)}
+    articles: dict[str, str] = {}
+    for p in by_paragraph.values():
+        articles[p.get("title") or p["id"]] = articles.get(p.get("title") or p["id"], "") + "\n" + p["context"]
+    rng = random.Random(SEED)
+    hard = []
+    for q in questions:
+        p = by_paragraph[q["context_id"]]
+        swapped = swap_key_term(q["question"], articles[p.get("title") or p["id"]], p["context"], rng)
+        if swapped is not None:
+            hard.append({**q, "id": q["id"] + "-swapped", "question": swapped, "answers": [], "is_impossible": True})
+    gold_rows = collect(config, paragraphs, questions + hard, "gold")
+    thresholds = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+    table = []
+    for t in thresholds:
+        answerable = [r for r in gold_rows if not r["impossible"]]
+        impossible = [r for r in gold_rows if r["impossible"]]
+
+        def top(r: dict, t: float = t) -> dict | None:
+            c = r["candidates"][0] if r["candidates"] else None
+            return c if c is not None and cal.probability(*c["features"]) >= t else None
+
+        f1 = sum((top(r) or {"f1": 0.0})["f1"] for r in answerable) / max(1, len(answerable))
+        table.append(
+            {
+                "threshold": t,
+                "answerable_gold_f1": round(f1, 4),
+                "answerable_answered": round(sum(top(r) is not None for r in answerable) / max(1, len(answerable)), 4),
+                "hard_unanswerable_no_answer": round(sum(top(r) is None for r in impossible) / max(1, len(impossible)), 4),
+            }
+        )
+    report["hard_unanswerable_questions"] = len(hard)
+    report["threshold_table_gold"] = table
+    print(json.dumps(report, indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m training.calibrate")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fit")
+    f.add_argument("--data", default=str(DATA))
+    f.add_argument("--out", default=str(WEIGHTS))
+    f.add_argument("--mode", choices=("open", "gold"), default="open")
+    f.add_argument("--limit", type=int, default=0)
+    r = sub.add_parser("report")
+    r.add_argument("--data", default=str(DATA))
+    r.add_argument("--set", choices=("squad", "rtqa"), default="squad")
+    r.add_argument("--mode", choices=("open", "gold"), default="open")
+    r.add_argument("--limit", type=int, default=0)
+    args = ap.parse_args(argv)
+    cmd_fit(args) if args.cmd == "fit" else cmd_report(args)
+
+
+if __name__ == "__main__":
+    main()
