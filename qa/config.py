@@ -79,8 +79,10 @@ class Config:
     read_passages: int = setting(8, "Passages the reader looks at")
     max_answers: int = setting(5, "Most answers returned")
     answer_threshold: float = setting(
-        0.3, "Answers less likely than this to be right are withheld (the span reader's score is that probability); "
-        "with none left, no_answer is true")
+        0.3,
+        "Answers less likely than this to be right are withheld (the span reader's score is that probability); "
+        "with none left, no_answer is true",
+    )
     reader_model: str = setting(
         "",
         "Span reader model: empty for the shipped one, or a QA model's name or folder; several, comma-separated, "
