@@ -16,8 +16,9 @@ from qa.config import Config
 from qa.embedding import Embedder
 from qa.index import IndexProblem, NoIndex
 from qa.pipeline import Pipeline
+from qa.service.metrics import Metrics, RequestMetrics
 from qa.service.middleware import BodyLimit
-from qa.service.routes import answers, documents, index, pages
+from qa.service.routes import answers, documents, health, index, pages
 from qa.updates import IndexManager, UpdateError
 
 
@@ -32,6 +33,7 @@ def create_app(config: Config | None = None, embedder: Embedder | None = None) -
     async def lifespan(_: FastAPI):
         embedder.model  # load before answering health checks, so the first question is not slow
         await run_in_threadpool(pipeline.reader.warm)
+        app.state.models_loaded = True
         yield
 
     app = FastAPI(
@@ -41,10 +43,12 @@ def create_app(config: Config | None = None, embedder: Embedder | None = None) -
         description="Extractive answers from news articles: verbatim spans with offsets, scores and sources.",
     )
     app.state.config, app.state.pipeline, app.state.manager = config, pipeline, manager
+    app.state.metrics, app.state.models_loaded = Metrics(), False
     app.state.templates = Jinja2Templates(directory=str(config.web / "templates"))
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.mount("/static", StaticFiles(directory=str(config.web / "static")), name="static")
-    for module in (answers, documents, index, pages):
+    for module in (answers, documents, index, health, pages):
         app.include_router(module.router)
     add_error_handlers(app)
     return app

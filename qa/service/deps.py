@@ -10,6 +10,7 @@ from fastapi.templating import Jinja2Templates
 
 from qa.config import Config
 from qa.pipeline import Pipeline
+from qa.service.metrics import Metrics
 from qa.updates import IndexManager
 
 
@@ -25,6 +26,10 @@ def get_manager(request: Request) -> IndexManager:
     return request.app.state.manager
 
 
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
 def get_templates(request: Request) -> Jinja2Templates:
     return request.app.state.templates
 
@@ -33,6 +38,7 @@ ConfigDep = Annotated[Config, Depends(get_config)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 ManagerDep = Annotated[IndexManager, Depends(get_manager)]
 TemplatesDep = Annotated[Jinja2Templates, Depends(get_templates)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 def require_key(request: Request, config: ConfigDep) -> None:

@@ -122,3 +122,13 @@ class IndexStatus(BaseModel):
     finished: str | None = None
     error: str | None = None
     summary: dict | None = Field(None, description="The finished build's counts")
+
+
+class Liveness(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    index_version: int | None = None
+    reason: str | None = Field(None, description="What is missing, when not ready")

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query
 
 from qa.models import AskResult, Filters
-from qa.service.deps import ConfigDep, PipelineDep, check_question
+from qa.service.deps import ConfigDep, MetricsDep, PipelineDep, check_question
 from qa.service.schemas import IBM_EXAMPLE, AskRequest
 
 router = APIRouter(prefix="/api", tags=["answers"])
@@ -18,9 +18,12 @@ def ask(
     request: Annotated[AskRequest, Body(openapi_examples={"ibm": {"value": IBM_EXAMPLE}})],
     config: ConfigDep,
     pipeline: PipelineDep,
+    metrics: MetricsDep,
 ) -> AskResult:
     check_question(config, request.question, request.top_k)
-    return pipeline.ask(request.question, request.top_k, request.filters)
+    result = pipeline.ask(request.question, request.top_k, request.filters)
+    metrics.answered(result.no_answer)
+    return result
 
 
 @router.get("/ask", response_model=AskResult, summary="Answer a question (query string)")
@@ -28,6 +31,7 @@ def ask_get(
     q: Annotated[str, Query(description="The question", examples=["Why did IBM partner with Inspur?"])],
     config: ConfigDep,
     pipeline: PipelineDep,
+    metrics: MetricsDep,
     top_k: int = 5,
     document_id: str | None = None,
     source: str | None = None,
@@ -36,4 +40,6 @@ def ask_get(
 ) -> AskResult:
     check_question(config, q, top_k)
     filters = Filters(document_id=document_id, source=source, date_from=date_from, date_to=date_to)
-    return pipeline.ask(q, top_k, filters)
+    result = pipeline.ask(q, top_k, filters)
+    metrics.answered(result.no_answer)
+    return result

@@ -7,18 +7,21 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from qa.index import IndexProblem, NoIndex
 from qa.pipeline import Pipeline
-from qa.service.deps import ConfigDep, PipelineDep, TemplatesDep, check_question
+from qa.service.deps import ConfigDep, MetricsDep, PipelineDep, TemplatesDep, check_question
 
 router = APIRouter(include_in_schema=False)
 
 
 @router.get("/", response_class=HTMLResponse)
-def home(request: Request, config: ConfigDep, pipeline: PipelineDep, templates: TemplatesDep, q: str = "", top_k: int = 5) -> HTMLResponse:
+def home(
+    request: Request, config: ConfigDep, pipeline: PipelineDep, templates: TemplatesDep, metrics: MetricsDep, q: str = "", top_k: int = 5
+) -> HTMLResponse:
     result, error = None, None
     if q:
         try:
             check_question(config, q, top_k)
             result = pipeline.ask(q, top_k)
+            metrics.answered(result.no_answer)
         except HTTPException as exc:
             error = exc.detail
         except IndexProblem as exc:
