@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
 from qa.config import Config
@@ -28,35 +27,15 @@ class Retriever:
     def retrieve(self, index: IndexVersion, question_vector: np.ndarray, question: str, top_k: int, filters: Filters | None) -> list[Hit]:
         cfg = self.config
         n = max(cfg.candidates, top_k)
-        q = question_vector.reshape(1, -1)
-        passage_params = sentence_params = allowed = None
-        if filters is not None and not filters.empty():
-            allowed_p = index.store.filtered_passage_ids(filters)
-            if not allowed_p:
-                return []
-            allowed = np.asarray(allowed_p, dtype=np.int64)
-            passage_params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-            allowed_s = index.store.filtered_sentence_ids(filters)
-            sentence_params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed_s, dtype=np.int64)))
-
-        dense = _search(index.passage_vectors, q, n, passage_params)
-        by_sentence: dict[int, float] = {}
-        sent_hits = _search(index.sentence_vectors, q, n * 3, sentence_params)
-        owners = index.store.sentence_passages([sid for sid, _ in sent_hits])
-        for sid, score in sent_hits:
-            pid = owners.get(sid)
-            if pid is not None and pid not in by_sentence:
-                by_sentence[pid] = score
-        lexical = index.lexical.search(question, n, allowed)
-
+        found = index.candidates(question_vector, question, n, filters)
         rankings = (
-            ("dense", dense, cfg.weight_dense),
-            ("sentence", list(by_sentence.items()), cfg.weight_sentence),
-            ("lexical", lexical, cfg.weight_lexical),
+            ("dense", found.dense, cfg.weight_dense),
+            ("sentence", found.sentence, cfg.weight_sentence),
+            ("lexical", found.lexical, cfg.weight_lexical),
         )
         if cfg.fusion == "rrf":
             return _fuse_ranks(rankings, cfg.rrf_k, top_k)
-        return _fuse_scores(dense, dict(list(by_sentence.items())[:n]), lexical, cfg, top_k)
+        return _fuse_scores(found.dense, dict(found.sentence[:n]), found.lexical, cfg, top_k)
 
 
 def _fuse_ranks(rankings, rrf_k: float, top_k: int) -> list[Hit]:
@@ -97,10 +76,3 @@ def _fuse_scores(
     for h in hits:
         h.score = max(0.0, min(1.0, h.score / total)) if total else 0.0
     return hits
-
-
-def _search(index: faiss.Index, q: np.ndarray, n: int, params) -> list[tuple[int, float]]:
-    if index.ntotal == 0:
-        return []
-    scores, ids = index.search(q, min(n, index.ntotal), params=params) if params else index.search(q, min(n, index.ntotal))
-    return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--limit", type=int, default=0)
     r = sub.add_parser("report")
     r.add_argument("--data", default=str(DATA))
-    r.add_argument("--set", choices=("squad", "rtqa"), default="squad")
+    r.add_argument("--set", choices=("squad", "squad13", "rtqa"), default="squad")
     r.add_argument("--mode", choices=("open", "gold"), default="open")
     r.add_argument("--limit", type=int, default=0)
     args = ap.parse_args(argv)

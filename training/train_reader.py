@@ -572,7 +572,9 @@ def cmd_train(args) -> None:
 
 def held_out_questions(which: str, data: Path = DATA) -> tuple[Path, list[dict]]:
     """The paragraphs file to index and the held-out questions (the qa eval format) of one set."""
-    name = SQUAD if which == "squad" else RTQA
+    name = RTQA if which == "rtqa" else SQUAD
+    if which == "squad13":  # all 13 articles: held out from the readers trained on squad11_train
+        return data / SQUAD / "paragraphs.jsonl", [q for q in read_jsonl(data / SQUAD / "questions.jsonl") if q.get("answers")]
     _, held, _ = load_examples(data)
     ids = {e["id"] for e in held if e["set"] == name}
     questions = [q for q in read_jsonl(data / name / "questions.jsonl") if q["id"] in ids]
@@ -725,7 +727,12 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--data", default=str(DATA), help="the data folder (default: shared/data beside the repo)")
     e.add_argument("--reader", choices=("span", "sentence"), default="span")
     e.add_argument("--mode", choices=("gold", "open"), default="gold")
-    e.add_argument("--set", choices=("squad", "rtqa"), default="squad")
+    e.add_argument(
+        "--set",
+        choices=("squad", "squad13", "rtqa"),
+        default="squad",
+        help="squad: the 4 held-out articles; squad13: all 13 (only for readers trained on squad11_train)",
+    )
     e.add_argument("--limit", type=int, default=0)
     e.add_argument("--titles", default="", help="only the held-out questions of these articles (comma-separated)")
     e.add_argument("--unanswerable", action="store_true", help="also ask each question of another paragraph of its article (SQuAD 2 style)")

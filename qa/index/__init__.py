@@ -8,6 +8,7 @@
 from qa.index.build import BuildSummary, ProgressFn, build_index, build_lock, writing
 from qa.index.vectors import VectorIndex
 from qa.index.version import (
+    Candidates,
     FORMAT_VERSION,
     IndexBusy,
     IndexDamaged,
@@ -24,6 +25,7 @@ from qa.index.version import (
 __all__ = [
     "FORMAT_VERSION",
     "BuildSummary",
+    "Candidates",
     "IndexBusy",
     "IndexDamaged",
     "IndexMismatch",

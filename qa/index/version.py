@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
+import numpy as np
 
 from qa.config import Config
 from qa.embedding import vector_backend
 from qa.index.vectors import VectorIndex
 from qa.lexical import LexicalIndex
+from qa.models import Filters
 from qa.store import Store
 
 #: 3: BM25 postings in numpy files (qa/lexical.py) instead of an FTS5 table in the store.
@@ -49,6 +51,15 @@ class IndexDamaged(IndexProblem):
 
 class IndexBusy(IndexProblem):
     pass
+
+
+@dataclass
+class Candidates:
+    """(passage id, score) rankings, best first: dense passage cosine, best sentence cosine, BM25."""
+
+    dense: list[tuple[int, float]]
+    sentence: list[tuple[int, float]]
+    lexical: list[tuple[int, float]]
 
 
 @dataclass
@@ -134,8 +145,43 @@ class IndexVersion:
     def version(self) -> int:
         return self.manifest.version
 
+    # What retrieval and the readers ask of any engine (qa/retriever.py, qa/readers/base.py).
+
+    def candidates(self, question_vector: np.ndarray, question: str, n: int, filters: Filters | None) -> Candidates:
+        """The three rankings fusion starts from, each best first, restricted by `filters`."""
+        q = question_vector.reshape(1, -1).astype(np.float32)
+        passage_params = sentence_params = allowed = None
+        if filters is not None and not filters.empty():
+            allowed_p = self.store.filtered_passage_ids(filters)
+            if not allowed_p:
+                return Candidates([], [], [])
+            allowed = np.asarray(allowed_p, dtype=np.int64)
+            passage_params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+            allowed_s = self.store.filtered_sentence_ids(filters)
+            sentence_params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed_s, dtype=np.int64)))
+        dense = _search(self.passage_vectors, q, n, passage_params)
+        by_sentence: dict[int, float] = {}
+        sent_hits = _search(self.sentence_vectors, q, n * 3, sentence_params)
+        owners = self.store.sentence_passages([sid for sid, _ in sent_hits])
+        for sid, score in sent_hits:
+            pid = owners.get(sid)
+            if pid is not None and pid not in by_sentence:
+                by_sentence[pid] = score
+        return Candidates(dense, list(by_sentence.items()), self.lexical.search(question, n, allowed))
+
+    def sentence_embeddings(self, sentence_ids: list[int]) -> np.ndarray:
+        """The stored vectors of these sentences, one row each, in order."""
+        return np.vstack([self.sentence_vectors.reconstruct(int(i)) for i in sentence_ids])
+
     def close(self) -> None:
         self.store.close()
+
+
+def _search(index: VectorIndex, q: np.ndarray, n: int, params) -> list[tuple[int, float]]:
+    if index.ntotal == 0:
+        return []
+    scores, ids = index.search(q, min(n, index.ntotal), params=params) if params else index.search(q, min(n, index.ntotal))
+    return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
 
 def open_index(config: Config) -> IndexVersion:

@@ -57,8 +57,7 @@ def sentence_cosines(
     ids = [s.id for h in hits for s in sentences[h.passage_id]]
     if not ids:
         return None
-    vectors = np.vstack([index.sentence_vectors.reconstruct(int(i)) for i in ids])
-    return sentences, vectors @ question_vector
+    return sentences, index.sentence_embeddings(ids) @ question_vector
 
 
 def trim(text: str, start: int, end: int, trailing: str = ",;:") -> tuple[int, int]:
