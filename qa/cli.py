@@ -15,6 +15,7 @@ common = [
     click.option("--corpus", type=click.Path(path_type=Path), help="Articles folder [QA_CORPUS, default corpus/]"),
     click.option("--index", "index_dir", type=click.Path(path_type=Path), help="Index folder [QA_INDEX, default index/]"),
     click.option("--model", help="Embedding model name or path [QA_MODEL]"),
+    click.option("--milvus-uri", help="The index on Milvus: a .db file (Milvus Lite) or http://host:19530 [QA_MILVUS_URI]"),
 ]
 
 
@@ -31,6 +32,16 @@ def load_config(corpus: Path | None, index_dir: Path | None, model: str | None, 
         raise click.UsageError(str(exc)) from exc
 
 
+def _part(value: str | None) -> tuple[int, int] | None:
+    """`--part I/N` as (I, N), 1 <= I <= N."""
+    if value is None:
+        return None
+    i, _, n = value.partition("/")
+    if not (i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
+        raise click.BadParameter(f"{value!r}: expected I/N with 1 <= I <= N, e.g. 2/4")
+    return int(i), int(n)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Question answering over the news articles in a corpus folder."""
@@ -43,15 +54,16 @@ def main() -> None:
 @with_common
 @click.option("--rebuild", is_flag=True, help="Start over instead of updating the current index.")
 @click.option("--wait", type=float, default=0.0, show_default=True, help="Seconds to wait for another build.")
-def index(corpus, index_dir, model, rebuild, wait) -> None:
+@click.option("--part", callback=lambda ctx, param, value: _part(value), help="I/N: embed this worker's share (Milvus only).")
+def index(corpus, index_dir, model, milvus_uri, rebuild, wait, part) -> None:
     """Index new and changed articles; remove deleted ones."""
     from qa.embedding import Embedder
     from qa.index import IndexProblem, build_index
 
-    cfg = load_config(corpus, index_dir, model)
+    cfg = load_config(corpus, index_dir, model, milvus_uri=milvus_uri)
     embedder = Embedder.from_config(cfg)
     try:
-        summary = build_index(cfg, embedder, rebuild=rebuild, wait=wait, show_progress=sys.stderr.isatty())
+        summary = build_index(cfg, embedder, rebuild=rebuild, wait=wait, show_progress=sys.stderr.isatty(), part=part)
     except IndexProblem as exc:
         raise click.ClickException(str(exc)) from exc
     except (OSError, RuntimeError) as exc:  # a full disk, a read-only folder: the build is abandoned whole
@@ -68,12 +80,12 @@ def index(corpus, index_dir, model, rebuild, wait) -> None:
 @click.argument("question")
 @click.option("--top-k", type=click.IntRange(1, 50), help="Passages to return.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON object.")
-def ask(corpus, index_dir, model, question, top_k, as_json) -> None:
+def ask(corpus, index_dir, model, milvus_uri, question, top_k, as_json) -> None:
     """Answer QUESTION from the index."""
     from qa.index import IndexProblem
     from qa.pipeline import Pipeline
 
-    cfg = load_config(corpus, index_dir, model)
+    cfg = load_config(corpus, index_dir, model, milvus_uri=milvus_uri)
     if not question.strip():
         raise click.UsageError("the question is empty")
     try:
@@ -92,13 +104,13 @@ def ask(corpus, index_dir, model, question, top_k, as_json) -> None:
 @with_common
 @click.option("--host", help="[QA_HOST, default 127.0.0.1]")
 @click.option("--port", type=int, help="[QA_PORT, default 8000]")
-def serve(corpus, index_dir, model, host, port) -> None:
+def serve(corpus, index_dir, model, milvus_uri, host, port) -> None:
     """Run the web form and JSON API."""
     import uvicorn
 
     from qa.service import create_app
 
-    cfg = load_config(corpus, index_dir, model, host=host, port=port)
+    cfg = load_config(corpus, index_dir, model, milvus_uri=milvus_uri, host=host, port=port)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info")
 
 
@@ -110,11 +122,11 @@ def serve(corpus, index_dir, model, host, port) -> None:
 @click.option("--limit", type=int, help="Ask only the first N questions.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the metrics here.")
 @click.option("--extractive-only", is_flag=True, help="Only questions whose answer is in the passage.")
-def eval_(corpus, index_dir, model, paragraphs, questions, mode, limit, json_out, extractive_only) -> None:
+def eval_(corpus, index_dir, model, milvus_uri, paragraphs, questions, mode, limit, json_out, extractive_only) -> None:
     """Measure retrieval and answers on a JSONL question set."""
     from qa.evaluate import evaluate
 
-    cfg = load_config(corpus, index_dir, model)
+    cfg = load_config(corpus, index_dir, model, milvus_uri=milvus_uri)
     metrics = evaluate(cfg, paragraphs, questions, mode=mode, limit=limit, extractive_only=extractive_only)
     text = json.dumps(metrics, indent=2)
     click.echo(text)

@@ -47,6 +47,13 @@ class Config:
     web: Path = setting(help="The web form's templates/ and static/", factory=packaged_web, shown="inside the package")
     cache: Path = setting(help="Derived files that are not the index (exported ONNX models)", factory=default_cache, shown="~/.cache/qa")
 
+    # The engine.
+    milvus_uri: str = setting(
+        "", "Unset: the index is files under QA_INDEX. A path ending in .db: Milvus Lite in that file; http://host:19530: a Milvus server"
+    )
+    milvus_token: str = setting("", "Token of an authenticated Milvus server (user:password or an API key)")
+    milvus_prefix: str = setting("qa", "Prefix of the Milvus collections, so several indexes can share one server")
+
     # Embedding.
     model: str = setting(DEFAULT_MODEL, "Embedding model: a sentence-transformers name or folder (the default is bundled)")
     batch_size: int = setting(64, "Passages embedded per batch")

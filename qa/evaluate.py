@@ -33,14 +33,17 @@ def paragraphs_as_documents(paragraphs: list[dict]) -> list[Document]:
     ]
 
 
-def eval_index_dir(config: Config, paragraphs_path: Path) -> Path:
-    """A private index per paragraph file, model and kind of vectors, reused across runs (rebuilt when they change)."""
+def eval_config(config: Config, paragraphs_path: Path) -> Config:
+    """A private index per paragraph file, model and kind of vectors, reused across runs (rebuilt when
+    they change): a folder under the index folder, or its own collections on Milvus."""
     from qa.embedding import vector_backend
     from qa.index import FORMAT_VERSION
 
     key = f"{config.model}|{vector_backend(config.backend)}|{FORMAT_VERSION}".encode()
     digest = hashlib.sha256(paragraphs_path.read_bytes() + key).hexdigest()[:12]
-    return config.index / "eval" / f"{paragraphs_path.parent.name}-{digest}"
+    return config.replace(
+        index=config.index / "eval" / f"{paragraphs_path.parent.name}-{digest}", milvus_prefix=f"{config.milvus_prefix}_eval_{digest}"
+    )
 
 
 def evaluate(
@@ -58,7 +61,7 @@ def evaluate(
         questions = [q for q in questions if q.get("answer_in_context", bool(q.get("answers")))]
     if limit:
         questions = questions[:limit]
-    cfg = config.replace(index=eval_index_dir(config, paragraphs_path))
+    cfg = eval_config(config, paragraphs_path)
     embedder = Embedder.from_config(cfg)
     build_index(cfg, embedder, upserts=paragraphs_as_documents(paragraphs), deletes=[], wait=600)
     pipeline = Pipeline(cfg, embedder)

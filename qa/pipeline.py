@@ -11,7 +11,7 @@ import time
 
 from qa.config import Config
 from qa.embedding import Embedder
-from qa.index import IndexVersion, current_version, open_index
+from qa.index import IndexVersion, open_index, published_version
 from qa.models import AskResult, Filters, PassageHit
 from qa.readers import Reader, make_reader
 from qa.retriever import Retriever
@@ -28,7 +28,7 @@ class Pipeline:
 
     def index(self) -> IndexVersion:
         """The current published version, reloaded when a newer one is published."""
-        latest = current_version(self.config.index)
+        latest = published_version(self.config)
         loaded = self._index
         if loaded is not None and loaded.version == latest:
             return loaded

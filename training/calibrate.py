@@ -37,7 +37,7 @@ def collect(config: Config, paragraphs: Path, questions: list[dict], mode: str) 
     import torch
 
     from qa.embedding import Embedder
-    from qa.evaluate import eval_index_dir, paragraphs_as_documents
+    from qa.evaluate import eval_config, paragraphs_as_documents
     from qa.index import build_index
     from qa.models import Filters
     from qa.pipeline import Pipeline
@@ -45,7 +45,7 @@ def collect(config: Config, paragraphs: Path, questions: list[dict], mode: str) 
     from qa.readers.base import is_why
     from qa.readers.span import SpanReader
 
-    cfg = config.replace(index=eval_index_dir(config, paragraphs))
+    cfg = eval_config(config, paragraphs)
     embedder = Embedder.from_config(cfg)
     embedder.model
     torch.set_num_threads(max(1, config.reader_threads))

@@ -605,12 +605,12 @@ def evaluate_reader(config: Config, paragraphs_path: Path, questions: list[dict]
     import torch
 
     from qa.embedding import Embedder
-    from qa.evaluate import eval_index_dir, paragraphs_as_documents
+    from qa.evaluate import eval_config, paragraphs_as_documents
     from qa.index import build_index
     from qa.models import Filters
     from qa.pipeline import Pipeline
 
-    cfg = config.replace(index=eval_index_dir(config, paragraphs_path))
+    cfg = eval_config(config, paragraphs_path)
     embedder = Embedder.from_config(cfg)
     embedder.model
     torch.set_num_threads(max(1, config.reader_threads))  # the embedder asks for every core; the CPU is shared

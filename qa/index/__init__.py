@@ -19,6 +19,7 @@ from qa.index.version import (
     NoIndex,
     current_version,
     open_index,
+    published_version,
     version_dir,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "build_lock",
     "current_version",
     "open_index",
+    "published_version",
     "version_dir",
     "writing",
 ]

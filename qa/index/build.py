@@ -34,6 +34,7 @@ from qa.index.version import (
     STORE,
     IndexBusy,
     IndexMismatch,
+    IndexProblem,
     IndexVersion,
     Manifest,
     NoIndex,
@@ -67,6 +68,8 @@ class BuildSummary:
     version: int | None = None
     #: Why the previous version could not be extended, when the whole corpus was indexed anew.
     started_over: str | None = None
+    #: What a worker of a multi-part build did, when it did not publish.
+    note: str | None = None
 
     def line(self) -> str:
         return (
@@ -75,6 +78,7 @@ class BuildSummary:
             f"{len(self.skipped)} skipped, {self.unchanged} unchanged; {self.documents} documents, "
             f"{self.passages} passages ({self.embedded} embedded) in {self.seconds:.1f}s"
             + (f"; version {self.version}" if self.version else "")
+            + (f"\n{self.note}" if self.note else "")
         )
 
     def to_dict(self) -> dict:
@@ -133,6 +137,7 @@ def build_index(
     progress: ProgressFn | None = None,
     show_progress: bool = False,
     locked: bool = False,
+    part: tuple[int, int] | None = None,
 ) -> BuildSummary:
     """Brings the index up to date and publishes a new version if anything changed.
 
@@ -142,8 +147,15 @@ def build_index(
     """
     started = time.perf_counter()
     report = lambda phase, done=0, total=0: progress and progress(phase, done, total)  # noqa: E731
+    if part is not None and not config.milvus_uri:
+        raise IndexProblem("a build in parts needs the index on Milvus (QA_MILVUS_URI): the files index has one builder")
     lock = None if locked else build_lock(config, wait)
     try:
+        if config.milvus_uri:
+            summary = _build_milvus(config, embedder, rebuild, upserts, deletes, report, show_progress, part)
+            summary.seconds = time.perf_counter() - started
+            report("done", 1, 1)
+            return summary
         report("reading")
         summary = BuildSummary()
         previous = None
@@ -183,6 +195,97 @@ def build_index(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _changes(
+    config: Config, old_hashes: dict[str, str], upserts: list[Document] | None, deletes: list[str] | None, summary: BuildSummary
+) -> tuple[list[Document], list[str]]:
+    """(documents to embed, document ids to drop), compared by content hash; counts go to `summary`."""
+    if upserts is None and deletes is None:
+        corpus: CorpusReport = read_corpus(config.corpus)
+        summary.skipped = corpus.skipped
+        wanted = {d.id: d for d in corpus.documents}
+        removed = [i for i in old_hashes if i not in wanted]
+    else:
+        wanted = {d.id: d for d in upserts or []}
+        removed = [i for i in deletes or [] if i in old_hashes and i not in wanted]
+    todo = [d for d in wanted.values() if old_hashes.get(d.id) != d.hash]
+    summary.added = sum(1 for d in todo if d.id not in old_hashes)
+    summary.changed = len(todo) - summary.added
+    summary.removed = len(removed)
+    summary.unchanged = len(wanted) - len(todo)
+    return todo, removed
+
+
+def _build_milvus(
+    config: Config,
+    embedder: Embedder,
+    rebuild: bool,
+    upserts: list[Document] | None,
+    deletes: list[str] | None,
+    report: Callable,
+    show_progress: bool,
+    part: tuple[int, int] | None,
+) -> BuildSummary:
+    """The same build on Milvus (qa/index/milvus.py): rows of the next version, then one publish.
+    With `part`, only this worker's share of the documents, and the last part in publishes."""
+    from qa.index.milvus import MilvusBuild
+
+    report("reading")
+    summary = BuildSummary()
+    build = MilvusBuild(config, embedder, rebuild, part)
+    todo, removed = _changes(config, build.old_hashes, upserts, deletes, summary)
+    drop = list(build.live_hashes) if rebuild else removed + [d.id for d in todo if d.id in build.old_hashes]
+    todo, drop = [d for d in todo if build.mine(d.id)], [i for i in drop if build.mine(i)]
+    if part is None and build.previous and not todo and not drop:
+        counts = build.db_counts()
+        summary.documents, summary.passages, summary.version = counts["documents"], counts["passages"], build.previous
+        return summary
+    build.remove(drop)
+    split = [(doc, _splitter(config, embedder).split(doc)) for doc in todo]
+    texts = [f"{doc.title}\n{p.text}" for doc, passages in split for p in passages]
+    shift = [len(doc.title) + 1 for doc, passages in split for _ in passages]
+    spans = [[(k + s.start, k + s.end) for s in p.sentences] for k, p in zip(shift, (p for _, ps in split for p in ps))]
+    vectors, sentence_vectors = _embed(embedder, texts, spans, report, show_progress)
+    k = 0
+    for doc, passages in split:
+        build.add(doc, passages, vectors[k : k + len(passages)], sentence_vectors[k : k + len(passages)])
+        k += len(passages)
+    summary.embedded = len(texts)
+    if part is not None and not build.part_done():
+        summary.note = f"part {part[0]}/{part[1]} is in; the last part to finish publishes version {build.target}"
+        return summary
+    report("publishing", 0, 1)
+    manifest = build.publish()
+    summary.documents, summary.passages, summary.version = manifest.documents, manifest.passages, manifest.version
+    return summary
+
+
+def _splitter(config: Config, embedder: Embedder) -> PassageSplitter:
+    return PassageSplitter(
+        embedder.count_tokens, embedder.split_tokens, embedder.max_tokens, config.min_passage_words, config.window_overlap_sentences
+    )
+
+
+def _embed(
+    embedder: Embedder, texts: list[str], spans: list[list[tuple[int, int]]], report: Callable, show_progress: bool
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Passage vectors and each passage's sentence vectors, in the order given. Longest first in
+    blocks of similar length: padding is what costs on a CPU."""
+    total = len(texts)
+    vectors = np.zeros((total, embedder.dimension), np.float32)
+    per_sentence: list[np.ndarray] = [np.zeros((0, embedder.dimension), np.float32)] * total
+    order = sorted(range(total), key=lambda i: -len(texts[i]))
+    bar = Progress(total, "embedding", "passage", enabled=show_progress and total >= EMBED_BLOCK)
+    for k in range(0, total, EMBED_BLOCK):
+        chunk = order[k : k + EMBED_BLOCK]
+        block, sentences = embedder.embed_with_spans([texts[i] for i in chunk], [spans[i] for i in chunk])
+        for j, i in enumerate(chunk):
+            vectors[i], per_sentence[i] = block[j], np.asarray(sentences[j], np.float32)
+        bar.update(len(chunk))
+        report("embedding", min(k + EMBED_BLOCK, total), total)
+    bar.close()
+    return vectors, per_sentence
 
 
 def _previous(config: Config) -> IndexVersion | None:

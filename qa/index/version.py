@@ -184,7 +184,21 @@ def _search(index: VectorIndex, q: np.ndarray, n: int, params) -> list[tuple[int
     return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
 
+def published_version(config: Config) -> int | None:
+    """The version readers should use now, on whichever engine the configuration names."""
+    if config.milvus_uri:
+        from qa.index.milvus import current_milvus_version
+
+        return current_milvus_version(config)
+    return current_version(config.index)
+
+
 def open_index(config: Config) -> IndexVersion:
+    """The published version: the files under `config.index`, or Milvus when `milvus_uri` is set."""
+    if config.milvus_uri:
+        from qa.index.milvus import open_milvus
+
+        return open_milvus(config)  # type: ignore[return-value]  # the same interface
     version = current_version(config.index)
     if version is None:
         raise NoIndex(f"no index yet in {config.index}: run `qa index`")

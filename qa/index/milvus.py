@@ -1,0 +1,406 @@
+"""The index on Milvus: documents, passages, sentences, dense vectors and BM25 in one Milvus database.
+
+`QA_MILVUS_URI` chooses it: a path ending in `.db` is Milvus Lite in that file (the engine of the
+tests), `http://host:19530` a Milvus server or cluster shared by any number of `qa serve` replicas.
+
+Versions. Every row carries the version that added it (`added`) and the one that removed it
+(`removed`, 0 while it is live); version V sees the rows with `added <= V` and `removed` 0 or
+above V. A build of V+1 inserts its rows with `added = V+1` and marks the rows it drops with
+`removed = V+1`, invisible to readers of V either way; publishing is one upsert of the `current`
+row of the meta collection. A reader reads that row once per question and filters every query by
+it, so it never sees a half-published build nor mixes two versions; a killed build leaves only
+rows that no published version sees, which the next build removes first. Rows removed more than
+`keep_versions` versions ago are deleted after each publish.
+
+Ids are a hash of (document id, content hash, position, version), so what a build writes does
+not depend on the order documents are embedded in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+import numpy as np
+
+from qa.config import Config
+from qa.embedding import Embedder, vector_backend
+from qa.index.version import FORMAT_VERSION, Candidates, IndexDamaged, IndexMismatch, IndexProblem, Manifest, NoIndex
+from qa.models import Document, Filters
+from qa.store import PassageRow, SentenceRow
+
+# pymilvus warns on every paged query against Milvus Lite (no server timestamp): not a problem.
+logging.getLogger("pymilvus").setLevel(logging.ERROR)
+logging.getLogger("grpc._server").setLevel(logging.CRITICAL)  # Milvus Lite's in-process server, same cause
+
+TEXT_CHUNK = 8000  # characters of a document's text per row (VARCHAR limits are in bytes)
+PAGE = 10_000
+STEMMED = {"tokenizer": "standard", "filter": ["lowercase", {"type": "stemmer", "language": "english"}]}
+
+
+def visible(version: int) -> str:
+    return f"added <= {version} and (removed == 0 or removed > {version})"
+
+
+def row_id(*parts: object) -> int:
+    """A positive int64 from the parts: stable across processes and builders."""
+    return int.from_bytes(hashlib.blake2b(json.dumps(parts).encode(), digest_size=8).digest(), "big") >> 1
+
+
+def filter_expr(filters: Filters | None) -> str:
+    if filters is None or filters.empty():
+        return ""
+    clauses = []
+    if filters.document_id:
+        clauses.append(f"document_id == {json.dumps(filters.document_id)}")
+    if filters.source:
+        clauses.append(f"source == {json.dumps(filters.source)}")
+    if filters.date_from:
+        clauses.append(f'date >= {json.dumps(filters.date_from)} and date != ""')
+    if filters.date_to:
+        clauses.append(f'date <= {json.dumps(filters.date_to)} and date != ""')
+    return " and ".join(clauses)
+
+
+class Milvus:
+    """The four collections of one prefix: meta, documents, passages, sentences."""
+
+    def __init__(self, config: Config) -> None:
+        try:
+            from pymilvus import MilvusClient
+        except ImportError as exc:
+            raise IndexProblem(f"QA_MILVUS_URI is set but pymilvus is not installed: pip install 'qa[milvus]' ({exc})") from exc
+        self.config = config
+        self.client = MilvusClient(config.milvus_uri, token=config.milvus_token or "")
+        p = config.milvus_prefix
+        self.meta, self.documents, self.passages, self.sentences = f"{p}_meta", f"{p}_documents", f"{p}_passages", f"{p}_sentences"
+
+    # Published versions.
+
+    def current(self) -> tuple[int, dict] | None:
+        if not self.client.has_collection(self.meta):
+            return None
+        rows = self.client.query(self.meta, filter='key == "current"', output_fields=["value"])
+        if not rows:
+            return None
+        data = json.loads(rows[0]["value"])
+        return int(data["version"]), data
+
+    def publish(self, manifest: Manifest) -> None:
+        self.flush()
+        self.client.upsert(self.meta, [{"key": "current", "value": json.dumps(asdict(manifest)), "dummy": [0.0, 0.0]}])
+        self.client.flush(self.meta)
+
+    def flush(self) -> None:
+        for name in (self.documents, self.passages, self.sentences):
+            self.client.flush(name)
+
+    # Schema.
+
+    def ensure(self, dimension: int) -> None:
+        from pymilvus import DataType, Function, FunctionType
+
+        c = self.client
+
+        def create(name: str, fields: list[tuple], vectors: list[tuple[str, str, str]], functions: list | None = None) -> None:
+            if c.has_collection(name):
+                return
+            schema = c.create_schema(auto_id=False)
+            for field in fields:
+                schema.add_field(*field[:2], **(field[2] if len(field) > 2 else {}))
+            for f in functions or []:
+                schema.add_function(f)
+            index = c.prepare_index_params()
+            for field, kind, metric in vectors:
+                index.add_index(field, index_type=kind, metric_type=metric)
+            c.create_collection(name, schema=schema, index_params=index)
+
+        version = [("added", DataType.INT64), ("removed", DataType.INT64)]
+        text = {"max_length": 65535}
+        short = {"max_length": 1024}
+        create(self.meta, [("key", DataType.VARCHAR, {"max_length": 64, "is_primary": True}), ("value", DataType.VARCHAR, text),
+                           ("dummy", DataType.FLOAT_VECTOR, {"dim": 2})], [("dummy", "FLAT", "L2")])
+        create(self.documents, [("key", DataType.INT64, {"is_primary": True}), ("document_id", DataType.VARCHAR, short),
+                                ("chunk", DataType.INT64), ("text", DataType.VARCHAR, text), ("title", DataType.VARCHAR, text),
+                                ("date", DataType.VARCHAR, short), ("url", DataType.VARCHAR, text), ("source", DataType.VARCHAR, short),
+                                ("path", DataType.VARCHAR, text), ("hash", DataType.VARCHAR, short), ("passages", DataType.INT64),
+                                *version, ("dummy", DataType.FLOAT_VECTOR, {"dim": 2})], [("dummy", "FLAT", "L2")])
+        create(self.passages, [("id", DataType.INT64, {"is_primary": True}), ("document_id", DataType.VARCHAR, short),
+                               ("ordinal", DataType.INT64), ("start", DataType.INT64), ("end", DataType.INT64),
+                               ("text", DataType.VARCHAR, text), ("title", DataType.VARCHAR, text), ("date", DataType.VARCHAR, short),
+                               ("url", DataType.VARCHAR, text), ("source", DataType.VARCHAR, short),
+                               ("lexical", DataType.VARCHAR, {**text, "enable_analyzer": True, "analyzer_params": STEMMED}),
+                               ("sparse", DataType.SPARSE_FLOAT_VECTOR), *version, ("vector", DataType.FLOAT_VECTOR, {"dim": dimension})],
+               [("vector", "FLAT", "IP"), ("sparse", "SPARSE_INVERTED_INDEX", "BM25")],
+               [Function(name="bm25", function_type=FunctionType.BM25, input_field_names=["lexical"], output_field_names=["sparse"])])
+        create(self.sentences, [("id", DataType.INT64, {"is_primary": True}), ("passage_id", DataType.INT64),
+                                ("document_id", DataType.VARCHAR, short), ("ordinal", DataType.INT64), ("start", DataType.INT64),
+                                ("end", DataType.INT64), ("date", DataType.VARCHAR, short), ("source", DataType.VARCHAR, short),
+                                *version, ("vector", DataType.FLOAT_VECTOR, {"dim": dimension})], [("vector", "FLAT", "IP")])
+
+    def rows(self, collection: str, expr: str, fields: list[str]) -> list[dict]:
+        """Every row matching `expr` (queries are capped, so this pages through them)."""
+        it = self.client.query_iterator(collection, filter=expr, output_fields=fields, batch_size=PAGE)
+        out: list[dict] = []
+        try:
+            while batch := it.next():
+                out.extend(batch)
+        finally:
+            it.close()
+        return out
+
+
+class MilvusStore:
+    """The read side of one published version, in the shape of `qa.store.Store`'s readers."""
+
+    def __init__(self, db: Milvus, version: int) -> None:
+        self.db, self.version, self.live = db, version, visible(version)
+
+    def _q(self, collection: str, expr: str, fields: list[str], limit: int | None = None) -> list[dict]:
+        expr = f"({expr}) and {self.live}" if expr else self.live
+        if limit is None:
+            return self.db.rows(collection, expr, fields)
+        return self.db.client.query(collection, filter=expr, output_fields=fields, limit=limit)
+
+    def passages(self, ids: list[int]) -> dict[int, PassageRow]:
+        if not ids:
+            return {}
+        fields = ["id", "document_id", "ordinal", "start", "end", "text", "title", "date", "url", "source"]
+        rows = self._q(self.db.passages, f"id in {list(map(int, ids))}", fields)
+        return {r["id"]: PassageRow(*[r[f] or (None if f in ("date", "url", "source") else r[f]) for f in fields]) for r in rows}
+
+    def sentences(self, passage_ids: list[int]) -> dict[int, list[SentenceRow]]:
+        out: dict[int, list[SentenceRow]] = {pid: [] for pid in passage_ids}
+        if not passage_ids:
+            return out
+        rows = self._q(self.db.sentences, f"passage_id in {list(map(int, passage_ids))}", ["id", "passage_id", "ordinal", "start", "end"])
+        for r in sorted(rows, key=lambda r: (r["passage_id"], r["ordinal"])):
+            out[r["passage_id"]].append(SentenceRow(r["id"], r["passage_id"], r["start"], r["end"]))
+        return out
+
+    def document_passage_ids(self, doc_id: str) -> list[int]:
+        rows = self._q(self.db.passages, f"document_id == {json.dumps(doc_id)}", ["id", "ordinal"])
+        return [r["id"] for r in sorted(rows, key=lambda r: r["ordinal"])]
+
+    def document(self, doc_id: str) -> dict | None:
+        fields = ["chunk", "text", "title", "date", "url", "source", "path", "hash", "passages"]
+        rows = sorted(self._q(self.db.documents, f"document_id == {json.dumps(doc_id)}", fields), key=lambda r: r["chunk"])
+        if not rows:
+            return None
+        head = rows[0]
+        meta = {k: head[k] or None for k in ("date", "url", "source", "path")}
+        return {"id": doc_id, "title": head["title"], "text": "".join(r["text"] for r in rows), **meta, "hash": head["hash"],
+                "passages": head["passages"]}
+
+    def _heads(self) -> list[dict]:
+        fields = ["document_id", "title", "date", "url", "source", "path", "hash", "passages"]
+        return sorted(self._q(self.db.documents, "chunk == 0", fields), key=lambda r: r["document_id"])
+
+    def documents(self, offset: int, limit: int) -> list[dict]:
+        return [{"id": r["document_id"], "title": r["title"], **{k: r[k] or None for k in ("date", "url", "source", "path")},
+                 "passages": r["passages"]} for r in self._heads()[offset : offset + limit]]
+
+    def document_hashes(self) -> dict[str, str]:
+        return {r["document_id"]: r["hash"] for r in self._q(self.db.documents, "chunk == 0", ["document_id", "hash"])}
+
+    def sample_titles(self, limit: int) -> list[str]:
+        return [r["title"] for r in self._heads()[:limit]]
+
+    def counts(self) -> dict[str, int]:
+        def count(collection: str, expr: str = "") -> int:
+            expr = f"({expr}) and {self.live}" if expr else self.live
+            return int(self.db.client.query(collection, filter=expr, output_fields=["count(*)"])[0]["count(*)"])
+
+        return {"documents": count(self.db.documents, "chunk == 0"), "passages": count(self.db.passages),
+                "sentences": count(self.db.sentences)}
+
+    def close(self) -> None:
+        pass
+
+
+class MilvusIndex:
+    """One published version on Milvus, with the interface of `qa.index.IndexVersion`."""
+
+    def __init__(self, db: Milvus, manifest: Manifest, config: Config) -> None:
+        self.db, self.manifest, self.config = db, manifest, config
+        self.store = MilvusStore(db, manifest.version)
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    def candidates(self, question_vector: np.ndarray, question: str, n: int, filters: Filters | None) -> Candidates:
+        where = filter_expr(filters)
+        expr = f"({where}) and {self.store.live}" if where else self.store.live
+        c, q = self.db.client, [question_vector.astype(np.float32).tolist()]
+        dense = c.search(self.db.passages, data=q, anns_field="vector", limit=n, filter=expr, output_fields=["id"],
+                         search_params={"metric_type": "IP"})[0]
+        sent = c.search(self.db.sentences, data=q, anns_field="vector", limit=n * 3, filter=expr, output_fields=["passage_id"],
+                        search_params={"metric_type": "IP"})[0]
+        by_sentence: dict[int, float] = {}
+        for hit in sent:
+            by_sentence.setdefault(int(hit["entity"]["passage_id"]), float(hit["distance"]))
+        lexical = c.search(self.db.passages, data=[question], anns_field="sparse", limit=n, filter=expr, output_fields=["id"],
+                           search_params={"metric_type": "BM25"})[0]
+        return Candidates(
+            [(int(h["id"]), float(h["distance"])) for h in dense],
+            list(by_sentence.items()),
+            # Milvus Lite reports BM25 as a distance (the best most negative): the score is its magnitude.
+            [(int(h["id"]), abs(float(h["distance"]))) for h in lexical],
+        )
+
+    def sentence_embeddings(self, sentence_ids: list[int]) -> np.ndarray:
+        rows = self.store._q(self.db.sentences, f"id in {list(map(int, sentence_ids))}", ["id", "vector"])
+        by_id = {r["id"]: r["vector"] for r in rows}
+        return np.asarray([by_id[int(i)] for i in sentence_ids], dtype=np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+def current_milvus_version(config: Config) -> int | None:
+    found = Milvus(config).current()
+    return found[0] if found else None
+
+
+def open_milvus(config: Config) -> MilvusIndex:
+    db = Milvus(config)
+    found = db.current()
+    if found is None:
+        raise NoIndex(f"no index yet in Milvus ({config.milvus_uri}, prefix {config.milvus_prefix!r}): run `qa index`")
+    try:
+        manifest = Manifest(**{k: found[1][k] for k in Manifest.__dataclass_fields__ if k in found[1]})
+    except TypeError as exc:
+        raise IndexDamaged(f"the Milvus index's current version is damaged ({exc}): run `qa index --rebuild`") from exc
+    check_manifest(manifest, config)
+    return MilvusIndex(db, manifest, config)
+
+
+def check_manifest(manifest: Manifest, config: Config) -> None:
+    if manifest.format_version != FORMAT_VERSION:
+        raise IndexMismatch(f"index format {manifest.format_version} is not {FORMAT_VERSION}: run `qa index --rebuild`")
+    if manifest.model != config.model:
+        raise IndexMismatch(f"the index was built with model {manifest.model!r}, but the configured model is {config.model!r}: "
+                            "run `qa index --rebuild`")
+    if manifest.vectors != vector_backend(config.backend):
+        raise IndexMismatch(f"the index holds {manifest.vectors} vectors, but backend {config.backend!r} makes "
+                            f"{vector_backend(config.backend)} ones: run `qa index --rebuild`")
+
+
+# Building the next version.
+
+
+class MilvusBuild:
+    """Writes version V+1 beside the published V; `publish()` makes it the one readers see.
+
+    With `part=(i, n)` this is worker i of n: it writes only the documents whose id hashes to its
+    share, records that its part is in, and the worker that brings in the last part publishes.
+    """
+
+    def __init__(self, config: Config, embedder: Embedder, rebuild: bool, part: tuple[int, int] | None = None) -> None:
+        self.config, self.embedder, self.part = config, embedder, part
+        self.db = Milvus(config)
+        self.db.ensure(embedder.dimension)
+        found = self.db.current()
+        self.previous = found[0] if found else 0
+        self.target = self.previous + 1
+        plan = {"target": self.target, "parts": part[1] if part else 1, "rebuild": rebuild}
+        if not (part and self._meta("build") == plan):  # not joining a build under way: start clean
+            self._clean_unpublished()
+            self._set_meta("build", plan)
+        self.live_hashes: dict[str, str] = {}
+        if found:
+            manifest = Manifest(**{k: found[1][k] for k in Manifest.__dataclass_fields__ if k in found[1]})
+            if not rebuild:
+                check_manifest(manifest, config)
+            self.live_hashes = MilvusStore(self.db, self.previous).document_hashes()
+        self.old_hashes = {} if rebuild else self.live_hashes
+
+    def mine(self, doc_id: str) -> bool:
+        """Whether this worker writes the document (always, without parts)."""
+        if self.part is None:
+            return True
+        return int(hashlib.sha256(doc_id.encode()).hexdigest(), 16) % self.part[1] == self.part[0] - 1
+
+    def _meta(self, key: str) -> dict | None:
+        rows = self.db.client.query(self.db.meta, filter=f"key == {json.dumps(key)}", output_fields=["value"])
+        return json.loads(rows[0]["value"]) if rows else None
+
+    def _set_meta(self, key: str, value: dict) -> None:
+        self.db.client.upsert(self.db.meta, [{"key": key, "value": json.dumps(value), "dummy": [0.0, 0.0]}])
+        self.db.client.flush(self.db.meta)
+
+    def part_done(self) -> bool:
+        """Records this part as in; True when every part of the build is."""
+        assert self.part is not None
+        self.db.flush()
+        self._set_meta(f"part-{self.target}-{self.part[0]}", {"done": True})
+        return all(self._meta(f"part-{self.target}-{i}") for i in range(1, self.part[1] + 1))
+
+    def _clean_unpublished(self) -> None:
+        """Rows of builds that never published (killed): gone, and their removal marks undone."""
+        c = self.db.client
+        for name in (self.db.documents, self.db.passages, self.db.sentences):
+            c.delete(name, filter=f"added > {self.previous}")
+            marked = self.db.rows(name, f"removed > {self.previous}", ["*"])
+            if marked:
+                c.upsert(name, [{**r, "removed": 0} for r in _writable(marked)])
+
+    def remove(self, doc_ids: list[str]) -> None:
+        """Marks the documents' rows removed in the new version."""
+        if not doc_ids:
+            return
+        expr = f"document_id in {json.dumps(doc_ids)} and {visible(self.previous)}"
+        for name in (self.db.documents, self.db.passages, self.db.sentences):
+            rows = self.db.rows(name, expr, ["*"])
+            for k in range(0, len(rows), 1000):
+                self.db.client.upsert(name, [{**r, "removed": self.target} for r in _writable(rows[k : k + 1000])])
+
+    def add(self, doc: Document, passages: list, vectors: np.ndarray, sentence_vectors: list[np.ndarray]) -> None:
+        v, dummy = self.target, [0.0, 0.0]
+        meta = {"date": doc.date or "", "source": doc.source or ""}
+        chunks = [doc.text[i : i + TEXT_CHUNK] for i in range(0, len(doc.text), TEXT_CHUNK)] or [""]
+        self.db.client.upsert(self.db.documents, [
+            {"key": row_id("document", doc.id, doc.hash, k, v), "document_id": doc.id, "chunk": k, "text": chunk, "title": doc.title,
+             "url": doc.url or "", "path": doc.path or "", "hash": doc.hash, "passages": len(passages), "added": v, "removed": 0,
+             "dummy": dummy, **meta}
+            for k, chunk in enumerate(chunks)
+        ])
+        prows, srows = [], []
+        for p, vec, svecs in zip(passages, vectors, sentence_vectors):
+            pid = row_id("passage", doc.id, doc.hash, p.ordinal, v)
+            prows.append({"id": pid, "document_id": doc.id, "ordinal": p.ordinal, "start": p.start, "end": p.end, "text": p.text,
+                          "title": doc.title, "url": doc.url or "", "lexical": f"{doc.title}\n{p.text}", "added": v, "removed": 0,
+                          "vector": vec.astype(np.float32).tolist(), **meta})
+            for k, (s, svec) in enumerate(zip(p.sentences, svecs)):
+                srows.append({"id": row_id("sentence", doc.id, doc.hash, p.ordinal, k, v), "passage_id": pid, "document_id": doc.id,
+                              "ordinal": k, "start": s.start, "end": s.end, "added": v, "removed": 0,
+                              "vector": np.asarray(svec, np.float32).tolist(), **meta})
+        if prows:
+            self.db.client.upsert(self.db.passages, prows)
+        if srows:
+            self.db.client.upsert(self.db.sentences, srows)
+
+    def db_counts(self) -> dict[str, int]:
+        return MilvusStore(self.db, self.previous).counts()
+
+    def publish(self) -> Manifest:
+        counts = MilvusStore(self.db, self.target)
+        self.db.flush()
+        n = counts.counts()
+        manifest = Manifest(FORMAT_VERSION, self.target, self.config.model, self.embedder.dimension, n["documents"], n["passages"],
+                            n["sentences"], datetime.now(UTC).isoformat(timespec="seconds"), vector_backend(self.embedder.backend))
+        self.db.publish(manifest)
+        self.db.client.delete(self.db.meta, filter='key like "part-%" or key == "build"')
+        oldest = self.target - self.config.keep_versions
+        for name in (self.db.documents, self.db.passages, self.db.sentences):
+            self.db.client.delete(name, filter=f"removed != 0 and removed <= {oldest}")
+        return manifest
+
+
+def _writable(rows: list[dict]) -> list[dict]:
+    """Rows as read, ready to upsert: without the BM25 output, which Milvus computes itself."""
+    return [{k: v for k, v in r.items() if k != "sparse"} for r in rows]
