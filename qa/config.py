@@ -49,10 +49,10 @@ class Config:
 
     # The engine.
     milvus_uri: str = setting(
-        "", "Unset: the index is files under QA_INDEX. A path ending in .db: Milvus Lite in that file; http://host:19530: a Milvus server"
+        "", "Unset: files under QA_INDEX; a .db path: Milvus Lite; http://host:19530: a Milvus server (docs/scale-out.md)"
     )
-    milvus_token: str = setting("", "Token of an authenticated Milvus server (user:password or an API key)")
-    milvus_prefix: str = setting("qa", "Prefix of the Milvus collections, so several indexes can share one server")
+    milvus_token: str = setting("", "Token of an authenticated Milvus server")
+    milvus_prefix: str = setting("qa", "Prefix of the Milvus collections")
 
     # Embedding.
     model: str = setting(DEFAULT_MODEL, "Embedding model: a sentence-transformers name or folder (the default is bundled)")
@@ -63,9 +63,7 @@ class Config:
     # Vector indexes.
     ann_min_vectors: int = setting(50_000, "From this many vectors on, search an HNSW graph instead of exactly")
     ann_ef_search: int = setting(256, "HNSW search breadth (higher: better recall, slower)")
-    vector_delta_fraction: float = setting(
-        0.1, "Changes kept beside the unchanged base until they exceed this share of it; then it is rewritten"
-    )
+    vector_delta_fraction: float = setting(0.1, "Changes kept beside the base until they exceed this share of it")
 
     # Splitting articles into passages.
     min_passage_words: int = setting(6, "Shorter paragraphs (bylines, date lines) are not passages of their own")
@@ -82,18 +80,16 @@ class Config:
     weight_lexical: float = setting(0.6, "Fusion weight of BM25 (scaled by the best BM25 score)")
 
     # Reading.
-    reader: str = setting("span", "span (the trained span reader: short exact answers) or sentence (no model, fastest)")
+    reader: str = setting("span", "span (trained, short exact answers) or sentence (no model, fastest)")
     read_passages: int = setting(8, "Passages the reader looks at")
     max_answers: int = setting(5, "Most answers returned")
     answer_threshold: float = setting(
         0.3,
-        "Answers less likely than this to be right are withheld (the span reader's score is that probability); "
-        "with none left, no_answer is true",
+        "Answers less likely than this to be right are withheld (then no_answer is true)",
     )
     reader_model: str = setting(
         "",
-        "Span reader model: empty for the shipped one, or a QA model's name or folder; several, comma-separated, "
-        'are an ensemble ("shipped" names the shipped one)',
+        "Span reader model: empty for the shipped one, or QA models' names or folders (comma-separated: an ensemble)",
     )
     span_context_tokens: int = setting(96, "Tokens of the question's best sentences the span reader reads")
     span_max_tokens: int = setting(24, "Longest answer, in tokens")
@@ -101,14 +97,14 @@ class Config:
     span_stride: int = setting(64, "Overlap of those windows, in tokens")
     reader_precision: str = setting("int8", "The span reader's weights on the ONNX backends: int8 or float")
     span_null_margin: float = setting(0.0, "A span is withheld unless its logit beats the no-answer logit by more than this")
-    span_passage_weight: float = setting(40.0, "Logits a span loses per unit its passage's retrieval score is below the best passage's")
+    span_passage_weight: float = setting(40.0, "Logits a span loses per unit of retrieval score below the best passage")
     reader_threads: int = setting(1, "Threads for the span reader on torch (0: torch's default)")
     reader_weight_cosine: float = setting(0.45, "Sentence reader: weight of a sentence's cosine with the question")
     reader_weight_overlap: float = setting(0.25, "Sentence reader: weight of the question's (IDF-weighted) words it has")
     reader_weight_passage: float = setting(0.3, "Sentence reader: weight of its passage's retrieval score")
-    span_weight_cosine: float = setting(0.55, "Span reader, choosing sentences to read: weight of the cosine")
-    span_weight_overlap: float = setting(0.3, "Span reader, choosing sentences to read: weight of the share of question words")
-    span_weight_passage: float = setting(0.15, "Span reader, choosing sentences to read: weight of the passage's score")
+    span_weight_cosine: float = setting(0.55, "Span reader's choice of sentences: weight of the cosine")
+    span_weight_overlap: float = setting(0.3, "Span reader's choice of sentences: weight of the share of question words")
+    span_weight_passage: float = setting(0.15, "Span reader's choice of sentences: weight of the passage's score")
 
     # Service.
     host: str = setting("127.0.0.1", "Address `qa serve` listens on")
