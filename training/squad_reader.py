@@ -335,6 +335,8 @@ def cmd_train(args) -> None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
         print(f"resumed from {ckpt} at step {step}/{steps}", flush=True)
     trained_s = 0.0 if step == 0 else float(state.get("trained_s", 0.0))
 
@@ -347,6 +349,7 @@ def cmd_train(args) -> None:
                 "scheduler": sched.state_dict(),
                 "step": step,
                 "trained_s": trained_s,
+                "rng": torch.get_rng_state(),  # dropout: a resumed run draws what an unbroken one would
             },
             tmp,
         )
@@ -391,6 +394,9 @@ def cmd_train(args) -> None:
             t0, total, seen = time.time(), 0.0, 0
         if step % args.checkpoint_every == 0 or step == steps:
             save(ckpt)
+        if getattr(args, "stop_after", 0) and step >= args.stop_after:  # the tests' stand-in for a kill
+            print(f"stopped at step {step}", flush=True)
+            return
     model.eval()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -427,6 +433,12 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    args.argv = argv[1:]
+    cmd_train(args)
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m training.squad_reader")
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
@@ -449,9 +461,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--device", default="auto", help="auto (cuda when torch sees one), cpu, cuda")
     t.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     t.add_argument("--seed", type=int, default=SEED)
-    args = ap.parse_args(argv)
-    args.argv = argv[1:]
-    cmd_train(args)
+    return ap
 
 
 if __name__ == "__main__":

@@ -1,0 +1,134 @@
+"""The full-SQuAD recipe (training/squad_reader.py) on a tiny data set written here: its windows, its
+hard negatives, and a run that resumes from its checkpoint to the same weights as an unbroken one."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from training.squad_reader import build_examples, calibration_fold, cmd_train, featurize, load_questions, parser, swap_key_term
+
+ARTICLES = {
+    "Harbour_of_Quillport": [
+        "The harbour of Quillport opened in 1887. It was rebuilt after the storm of 1953. "
+        "Its first master was Edith Varley. Ships from Pelham unload timber there every spring.",
+        "In 1990 the harbour handled 4,200 ships. Trade fell after the bridge to Ostwick opened in 1998.",
+    ],
+    "Kites_of_Harlow": [
+        "Harlow counted 212 red kites in 2019 and 340 in 2021. The survey is led by Tomas Brenner.",
+        "Red kites nest in the beech woods north of Harlow. Brenner's team rings the chicks in June.",
+    ],
+}
+QUESTIONS = [
+    ("Harbour_of_Quillport", 0, "When did the harbour of Quillport open?", "1887"),
+    ("Harbour_of_Quillport", 0, "Who was the first master of the harbour?", "Edith Varley"),
+    ("Harbour_of_Quillport", 1, "How many ships did the harbour handle in 1990?", "4,200"),
+    ("Harbour_of_Quillport", 1, "When did the bridge to Ostwick open?", "1998"),
+    ("Kites_of_Harlow", 0, "How many red kites did Harlow count in 2019?", "212"),
+    ("Kites_of_Harlow", 0, "Who leads the survey in Harlow?", "Tomas Brenner"),
+    ("Kites_of_Harlow", 1, "Where do red kites nest near Harlow?", "in the beech woods north of Harlow"),
+    ("Kites_of_Harlow", 1, "When does Brenner's team ring the chicks?", "June"),
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    (root / "squad11_train").mkdir()
+    (root / "realtimeqa_2020_2021").mkdir()
+    assert not any(calibration_fold(t) for t in ARTICLES)  # all of them train
+    paragraphs, questions = [], []
+    for a, (title, texts) in enumerate(ARTICLES.items()):
+        for p, text in enumerate(texts):
+            paragraphs.append({"id": f"t-{a}-{p}", "title": title, "context": text})
+    for k, (title, p, question, answer) in enumerate(QUESTIONS):
+        a = list(ARTICLES).index(title)
+        context = ARTICLES[title][p]
+        questions.append(
+            {
+                "id": f"t-{a}-{p}-q{k}",
+                "question": question,
+                "context_id": f"t-{a}-{p}",
+                "answers": [{"text": answer, "answer_start": context.index(answer)}],
+            }
+        )
+    for name, rows in (("paragraphs", paragraphs), ("questions", questions)):
+        (root / "squad11_train" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("paragraphs", "questions"):
+        (root / "realtimeqa_2020_2021" / f"{name}.jsonl").write_text("")
+    return root
+
+
+def test_swapping_a_key_term_makes_the_question_unanswerable_from_its_window() -> None:
+    rng = random.Random(0)
+    article = " ".join(ARTICLES["Harbour_of_Quillport"])
+    window = ARTICLES["Harbour_of_Quillport"][1]
+    swapped = swap_key_term("How many ships did the harbour handle in 1990?", article, window, rng)
+    assert swapped is not None and "1990" not in swapped
+    year = swapped.split(" in ")[-1].rstrip("?")
+    assert year in article and year not in window  # another year of the article, one the window lacks
+    assert swap_key_term("What is the weather like?", article, window, rng) is None
+
+
+def test_windows_hold_their_answers_and_negatives_do_not(data: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from qa.embedding import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2"))
+    args = parser().parse_args(["train", "--same-paragraph", "1", "--other-paragraph", "1", "--hard", "1", "--context-tokens", "24"])
+    questions = load_questions(data, "train")
+    assert len(questions) == len(QUESTIONS) and not load_questions(data, "calibration")
+    examples = build_examples(questions, tokenizer, args, random.Random(1))
+    answers = {q["question"]: q["answers"][0] for q in questions}
+    positives = [e for e in examples if e["start"] is not None]
+    assert len(positives) == len(QUESTIONS)
+    for e in positives:
+        assert e["context"][e["start"] : e["end"]] == answers[e["question"]]
+        assert len(tokenizer(e["context"], add_special_tokens=False)["input_ids"]) <= 24 or e["context"].count(". ") == 0
+    for e in examples:
+        if e["start"] is None and e["question"] in answers:  # same or other paragraph: the answer is not there
+            assert answers[e["question"]] not in e["context"]
+    hard = [e for e in examples if e["start"] is None and e["question"] not in answers]
+    assert hard, "no hard negatives were made"
+    feats = featurize(tokenizer, examples, 96)
+    assert sum(f["start"] > 0 for f in feats) == len(positives) and sum(f["start"] == 0 for f in feats) == len(examples) - len(positives)
+
+
+def test_a_run_resumed_from_its_checkpoint_ends_where_an_unbroken_one_does(data: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    def run(out: str, checkpoints: str, stop_after: int = 0) -> None:
+        args = parser().parse_args(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / out),
+                "--checkpoints",
+                str(tmp_path / checkpoints),
+                "--batch",
+                "4",
+                "--checkpoint-every",
+                "2",
+                "--threads",
+                "1",
+                "--precision",
+                "fp32",
+            ]
+        )
+        args.argv, args.stop_after = [], stop_after
+        cmd_train(args)
+
+    run("unbroken", "ck-a")
+    run("resumed", "ck-b", stop_after=2)  # "killed" after the step-2 checkpoint
+    assert not (tmp_path / "resumed" / "top_layers.safetensors").exists()
+    run("resumed", "ck-b")  # the same command again continues from step 2
+    a, b = load_file(str(tmp_path / "unbroken" / "top_layers.safetensors")), load_file(str(tmp_path / "resumed" / "top_layers.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    meta = json.loads((tmp_path / "resumed" / "reader.json").read_text())
+    assert meta["device"] == "cpu" and meta["train_windows"] > len(QUESTIONS)
