@@ -13,6 +13,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from qa.config import Config
 from qa.corpus import read_corpus
@@ -67,8 +68,9 @@ def article(round_: int, name: str) -> dict:
     }
 
 
-def test_same_id_uploads_racing_deletes_agree_everywhere(sample_config, embedder: Embedder) -> None:
-    cfg = sample_config.replace(api_key=KEY)
+@pytest.mark.parametrize("engine", ["files", "milvus"])
+def test_same_id_uploads_racing_deletes_agree_everywhere(sample_config, embedder: Embedder, engine: str, tmp_path) -> None:
+    cfg = sample_config.replace(api_key=KEY, milvus_uri=str(tmp_path / "milvus.db") if engine == "milvus" else None)
     build_index(cfg, embedder)
     with ThreadServer(create_app(cfg, embedder)) as server, httpx.Client(base_url=server.url, timeout=120) as c:
         for r in range(ROUNDS):

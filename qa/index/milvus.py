@@ -21,8 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from dataclasses import asdict
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +41,23 @@ logging.getLogger("grpc._server").setLevel(logging.CRITICAL)  # Milvus Lite's in
 TEXT_CHUNK = 8000  # characters of a document's text per row (VARCHAR limits are in bytes)
 PAGE = 10_000
 STEMMED = {"tokenizer": "standard", "filter": ["lowercase", {"type": "stemmer", "language": "english"}]}
+
+
+_clients: dict[tuple[str, str], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def client(uri: str, token: str):
+    """One client per server for the whole process: opening one costs a connection (and, for
+    Milvus Lite, starting its engine), and the pipeline asks for the published version per question."""
+    with _clients_lock:
+        if (uri, token) not in _clients:
+            try:
+                from pymilvus import MilvusClient
+            except ImportError as exc:
+                raise IndexProblem(f"QA_MILVUS_URI is set but pymilvus is not installed: pip install 'qa[milvus]' ({exc})") from exc
+            _clients[(uri, token)] = MilvusClient(uri, token=token or "")
+        return _clients[(uri, token)]
 
 
 def visible(version: int) -> str:
@@ -69,12 +88,8 @@ class Milvus:
     """The four collections of one prefix: meta, documents, passages, sentences."""
 
     def __init__(self, config: Config) -> None:
-        try:
-            from pymilvus import MilvusClient
-        except ImportError as exc:
-            raise IndexProblem(f"QA_MILVUS_URI is set but pymilvus is not installed: pip install 'qa[milvus]' ({exc})") from exc
         self.config = config
-        self.client = MilvusClient(config.milvus_uri, token=config.milvus_token or "")
+        self.client = client(config.milvus_uri, config.milvus_token)
         p = config.milvus_prefix
         self.meta, self.documents, self.passages, self.sentences = f"{p}_meta", f"{p}_documents", f"{p}_passages", f"{p}_sentences"
 
@@ -121,25 +136,71 @@ class Milvus:
         version = [("added", DataType.INT64), ("removed", DataType.INT64)]
         text = {"max_length": 65535}
         short = {"max_length": 1024}
-        create(self.meta, [("key", DataType.VARCHAR, {"max_length": 64, "is_primary": True}), ("value", DataType.VARCHAR, text),
-                           ("dummy", DataType.FLOAT_VECTOR, {"dim": 2})], [("dummy", "FLAT", "L2")])
-        create(self.documents, [("key", DataType.INT64, {"is_primary": True}), ("document_id", DataType.VARCHAR, short),
-                                ("chunk", DataType.INT64), ("text", DataType.VARCHAR, text), ("title", DataType.VARCHAR, text),
-                                ("date", DataType.VARCHAR, short), ("url", DataType.VARCHAR, text), ("source", DataType.VARCHAR, short),
-                                ("path", DataType.VARCHAR, text), ("hash", DataType.VARCHAR, short), ("passages", DataType.INT64),
-                                *version, ("dummy", DataType.FLOAT_VECTOR, {"dim": 2})], [("dummy", "FLAT", "L2")])
-        create(self.passages, [("id", DataType.INT64, {"is_primary": True}), ("document_id", DataType.VARCHAR, short),
-                               ("ordinal", DataType.INT64), ("start", DataType.INT64), ("end", DataType.INT64),
-                               ("text", DataType.VARCHAR, text), ("title", DataType.VARCHAR, text), ("date", DataType.VARCHAR, short),
-                               ("url", DataType.VARCHAR, text), ("source", DataType.VARCHAR, short),
-                               ("lexical", DataType.VARCHAR, {**text, "enable_analyzer": True, "analyzer_params": STEMMED}),
-                               ("sparse", DataType.SPARSE_FLOAT_VECTOR), *version, ("vector", DataType.FLOAT_VECTOR, {"dim": dimension})],
-               [("vector", "FLAT", "IP"), ("sparse", "SPARSE_INVERTED_INDEX", "BM25")],
-               [Function(name="bm25", function_type=FunctionType.BM25, input_field_names=["lexical"], output_field_names=["sparse"])])
-        create(self.sentences, [("id", DataType.INT64, {"is_primary": True}), ("passage_id", DataType.INT64),
-                                ("document_id", DataType.VARCHAR, short), ("ordinal", DataType.INT64), ("start", DataType.INT64),
-                                ("end", DataType.INT64), ("date", DataType.VARCHAR, short), ("source", DataType.VARCHAR, short),
-                                *version, ("vector", DataType.FLOAT_VECTOR, {"dim": dimension})], [("vector", "FLAT", "IP")])
+        create(
+            self.meta,
+            [
+                ("key", DataType.VARCHAR, {"max_length": 64, "is_primary": True}),
+                ("value", DataType.VARCHAR, text),
+                ("dummy", DataType.FLOAT_VECTOR, {"dim": 2}),
+            ],
+            [("dummy", "FLAT", "L2")],
+        )
+        create(
+            self.documents,
+            [
+                ("key", DataType.INT64, {"is_primary": True}),
+                ("document_id", DataType.VARCHAR, short),
+                ("chunk", DataType.INT64),
+                ("text", DataType.VARCHAR, text),
+                ("title", DataType.VARCHAR, text),
+                ("date", DataType.VARCHAR, short),
+                ("url", DataType.VARCHAR, text),
+                ("source", DataType.VARCHAR, short),
+                ("path", DataType.VARCHAR, text),
+                ("hash", DataType.VARCHAR, short),
+                ("passages", DataType.INT64),
+                *version,
+                ("dummy", DataType.FLOAT_VECTOR, {"dim": 2}),
+            ],
+            [("dummy", "FLAT", "L2")],
+        )
+        create(
+            self.passages,
+            [
+                ("id", DataType.INT64, {"is_primary": True}),
+                ("document_id", DataType.VARCHAR, short),
+                ("ordinal", DataType.INT64),
+                ("start", DataType.INT64),
+                ("end", DataType.INT64),
+                ("text", DataType.VARCHAR, text),
+                ("title", DataType.VARCHAR, text),
+                ("date", DataType.VARCHAR, short),
+                ("url", DataType.VARCHAR, text),
+                ("source", DataType.VARCHAR, short),
+                ("lexical", DataType.VARCHAR, {**text, "enable_analyzer": True, "analyzer_params": STEMMED}),
+                ("sparse", DataType.SPARSE_FLOAT_VECTOR),
+                *version,
+                ("vector", DataType.FLOAT_VECTOR, {"dim": dimension}),
+            ],
+            [("vector", "FLAT", "IP"), ("sparse", "SPARSE_INVERTED_INDEX", "BM25")],
+            [Function(name="bm25", function_type=FunctionType.BM25, input_field_names=["lexical"], output_field_names=["sparse"])],
+        )
+        create(
+            self.sentences,
+            [
+                ("id", DataType.INT64, {"is_primary": True}),
+                ("passage_id", DataType.INT64),
+                ("document_id", DataType.VARCHAR, short),
+                ("ordinal", DataType.INT64),
+                ("start", DataType.INT64),
+                ("end", DataType.INT64),
+                ("date", DataType.VARCHAR, short),
+                ("source", DataType.VARCHAR, short),
+                *version,
+                ("vector", DataType.FLOAT_VECTOR, {"dim": dimension}),
+            ],
+            [("vector", "FLAT", "IP")],
+        )
 
     def rows(self, collection: str, expr: str, fields: list[str]) -> list[dict]:
         """Every row matching `expr` (queries are capped, so this pages through them)."""
@@ -192,16 +253,29 @@ class MilvusStore:
             return None
         head = rows[0]
         meta = {k: head[k] or None for k in ("date", "url", "source", "path")}
-        return {"id": doc_id, "title": head["title"], "text": "".join(r["text"] for r in rows), **meta, "hash": head["hash"],
-                "passages": head["passages"]}
+        return {
+            "id": doc_id,
+            "title": head["title"],
+            "text": "".join(r["text"] for r in rows),
+            **meta,
+            "hash": head["hash"],
+            "passages": head["passages"],
+        }
 
     def _heads(self) -> list[dict]:
         fields = ["document_id", "title", "date", "url", "source", "path", "hash", "passages"]
         return sorted(self._q(self.db.documents, "chunk == 0", fields), key=lambda r: r["document_id"])
 
     def documents(self, offset: int, limit: int) -> list[dict]:
-        return [{"id": r["document_id"], "title": r["title"], **{k: r[k] or None for k in ("date", "url", "source", "path")},
-                 "passages": r["passages"]} for r in self._heads()[offset : offset + limit]]
+        return [
+            {
+                "id": r["document_id"],
+                "title": r["title"],
+                **{k: r[k] or None for k in ("date", "url", "source", "path")},
+                "passages": r["passages"],
+            }
+            for r in self._heads()[offset : offset + limit]
+        ]
 
     def document_hashes(self) -> dict[str, str]:
         return {r["document_id"]: r["hash"] for r in self._q(self.db.documents, "chunk == 0", ["document_id", "hash"])}
@@ -214,8 +288,11 @@ class MilvusStore:
             expr = f"({expr}) and {self.live}" if expr else self.live
             return int(self.db.client.query(collection, filter=expr, output_fields=["count(*)"])[0]["count(*)"])
 
-        return {"documents": count(self.db.documents, "chunk == 0"), "passages": count(self.db.passages),
-                "sentences": count(self.db.sentences)}
+        return {
+            "documents": count(self.db.documents, "chunk == 0"),
+            "passages": count(self.db.passages),
+            "sentences": count(self.db.sentences),
+        }
 
     def close(self) -> None:
         pass
@@ -236,15 +313,30 @@ class MilvusIndex:
         where = filter_expr(filters)
         expr = f"({where}) and {self.store.live}" if where else self.store.live
         c, q = self.db.client, [question_vector.astype(np.float32).tolist()]
-        dense = c.search(self.db.passages, data=q, anns_field="vector", limit=n, filter=expr, output_fields=["id"],
-                         search_params={"metric_type": "IP"})[0]
-        sent = c.search(self.db.sentences, data=q, anns_field="vector", limit=n * 3, filter=expr, output_fields=["passage_id"],
-                        search_params={"metric_type": "IP"})[0]
+        dense = c.search(
+            self.db.passages, data=q, anns_field="vector", limit=n, filter=expr, output_fields=["id"], search_params={"metric_type": "IP"}
+        )[0]
+        sent = c.search(
+            self.db.sentences,
+            data=q,
+            anns_field="vector",
+            limit=n * 3,
+            filter=expr,
+            output_fields=["passage_id"],
+            search_params={"metric_type": "IP"},
+        )[0]
         by_sentence: dict[int, float] = {}
         for hit in sent:
             by_sentence.setdefault(int(hit["entity"]["passage_id"]), float(hit["distance"]))
-        lexical = c.search(self.db.passages, data=[question], anns_field="sparse", limit=n, filter=expr, output_fields=["id"],
-                           search_params={"metric_type": "BM25"})[0]
+        lexical = c.search(
+            self.db.passages,
+            data=[question],
+            anns_field="sparse",
+            limit=n,
+            filter=expr,
+            output_fields=["id"],
+            search_params={"metric_type": "BM25"},
+        )[0]
         return Candidates(
             [(int(h["id"]), float(h["distance"])) for h in dense],
             list(by_sentence.items()),
@@ -283,11 +375,14 @@ def check_manifest(manifest: Manifest, config: Config) -> None:
     if manifest.format_version != FORMAT_VERSION:
         raise IndexMismatch(f"index format {manifest.format_version} is not {FORMAT_VERSION}: run `qa index --rebuild`")
     if manifest.model != config.model:
-        raise IndexMismatch(f"the index was built with model {manifest.model!r}, but the configured model is {config.model!r}: "
-                            "run `qa index --rebuild`")
+        raise IndexMismatch(
+            f"the index was built with model {manifest.model!r}, but the configured model is {config.model!r}: run `qa index --rebuild`"
+        )
     if manifest.vectors != vector_backend(config.backend):
-        raise IndexMismatch(f"the index holds {manifest.vectors} vectors, but backend {config.backend!r} makes "
-                            f"{vector_backend(config.backend)} ones: run `qa index --rebuild`")
+        raise IndexMismatch(
+            f"the index holds {manifest.vectors} vectors, but backend {config.backend!r} makes "
+            f"{vector_backend(config.backend)} ones: run `qa index --rebuild`"
+        )
 
 
 # Building the next version.
@@ -363,22 +458,62 @@ class MilvusBuild:
         v, dummy = self.target, [0.0, 0.0]
         meta = {"date": doc.date or "", "source": doc.source or ""}
         chunks = [doc.text[i : i + TEXT_CHUNK] for i in range(0, len(doc.text), TEXT_CHUNK)] or [""]
-        self.db.client.upsert(self.db.documents, [
-            {"key": row_id("document", doc.id, doc.hash, k, v), "document_id": doc.id, "chunk": k, "text": chunk, "title": doc.title,
-             "url": doc.url or "", "path": doc.path or "", "hash": doc.hash, "passages": len(passages), "added": v, "removed": 0,
-             "dummy": dummy, **meta}
-            for k, chunk in enumerate(chunks)
-        ])
+        self.db.client.upsert(
+            self.db.documents,
+            [
+                {
+                    "key": row_id("document", doc.id, doc.hash, k, v),
+                    "document_id": doc.id,
+                    "chunk": k,
+                    "text": chunk,
+                    "title": doc.title,
+                    "url": doc.url or "",
+                    "path": doc.path or "",
+                    "hash": doc.hash,
+                    "passages": len(passages),
+                    "added": v,
+                    "removed": 0,
+                    "dummy": dummy,
+                    **meta,
+                }
+                for k, chunk in enumerate(chunks)
+            ],
+        )
         prows, srows = [], []
         for p, vec, svecs in zip(passages, vectors, sentence_vectors):
             pid = row_id("passage", doc.id, doc.hash, p.ordinal, v)
-            prows.append({"id": pid, "document_id": doc.id, "ordinal": p.ordinal, "start": p.start, "end": p.end, "text": p.text,
-                          "title": doc.title, "url": doc.url or "", "lexical": f"{doc.title}\n{p.text}", "added": v, "removed": 0,
-                          "vector": vec.astype(np.float32).tolist(), **meta})
+            prows.append(
+                {
+                    "id": pid,
+                    "document_id": doc.id,
+                    "ordinal": p.ordinal,
+                    "start": p.start,
+                    "end": p.end,
+                    "text": p.text,
+                    "title": doc.title,
+                    "url": doc.url or "",
+                    "lexical": f"{doc.title}\n{p.text}",
+                    "added": v,
+                    "removed": 0,
+                    "vector": vec.astype(np.float32).tolist(),
+                    **meta,
+                }
+            )
             for k, (s, svec) in enumerate(zip(p.sentences, svecs)):
-                srows.append({"id": row_id("sentence", doc.id, doc.hash, p.ordinal, k, v), "passage_id": pid, "document_id": doc.id,
-                              "ordinal": k, "start": s.start, "end": s.end, "added": v, "removed": 0,
-                              "vector": np.asarray(svec, np.float32).tolist(), **meta})
+                srows.append(
+                    {
+                        "id": row_id("sentence", doc.id, doc.hash, p.ordinal, k, v),
+                        "passage_id": pid,
+                        "document_id": doc.id,
+                        "ordinal": k,
+                        "start": s.start,
+                        "end": s.end,
+                        "added": v,
+                        "removed": 0,
+                        "vector": np.asarray(svec, np.float32).tolist(),
+                        **meta,
+                    }
+                )
         if prows:
             self.db.client.upsert(self.db.passages, prows)
         if srows:
@@ -391,8 +526,17 @@ class MilvusBuild:
         counts = MilvusStore(self.db, self.target)
         self.db.flush()
         n = counts.counts()
-        manifest = Manifest(FORMAT_VERSION, self.target, self.config.model, self.embedder.dimension, n["documents"], n["passages"],
-                            n["sentences"], datetime.now(UTC).isoformat(timespec="seconds"), vector_backend(self.embedder.backend))
+        manifest = Manifest(
+            FORMAT_VERSION,
+            self.target,
+            self.config.model,
+            self.embedder.dimension,
+            n["documents"],
+            n["passages"],
+            n["sentences"],
+            datetime.now(UTC).isoformat(timespec="seconds"),
+            vector_backend(self.embedder.backend),
+        )
         self.db.publish(manifest)
         self.db.client.delete(self.db.meta, filter='key like "part-%" or key == "build"')
         oldest = self.target - self.config.keep_versions
