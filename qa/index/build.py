@@ -166,20 +166,7 @@ def build_index(
                 if upserts is not None or deletes is not None:
                     raise  # the corpus folder is the whole truth: only a full read may start over
                 summary.started_over = str(exc).split(":")[0]
-        old_hashes = previous.store.document_hashes() if previous else {}
-        if upserts is None and deletes is None:
-            corpus: CorpusReport = read_corpus(config.corpus)
-            summary.skipped = corpus.skipped
-            wanted = {d.id: d for d in corpus.documents}
-            removed = [i for i in old_hashes if i not in wanted]
-        else:
-            wanted = {d.id: d for d in upserts or []}
-            removed = [i for i in deletes or [] if i in old_hashes and i not in wanted]
-        todo = [d for d in wanted.values() if old_hashes.get(d.id) != d.hash]
-        summary.added = sum(1 for d in todo if d.id not in old_hashes)
-        summary.changed = len(todo) - summary.added
-        summary.removed = len(removed)
-        summary.unchanged = len(wanted) - len(todo)
+        todo, removed = _changes(config, previous.store.document_hashes() if previous else {}, upserts, deletes, summary)
         if previous is not None and not todo and not removed:
             counts = previous.store.counts()
             summary.documents, summary.passages = counts["documents"], counts["passages"]
