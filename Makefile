@@ -8,7 +8,7 @@ QA      := $(VENV)/bin/qa
 STAMP   := $(VENV)/.installed
 PIP     := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup browser run index lint test stress bench train-reader settings clean
+.PHONY: setup browser run index lint test stress bench train-reader train-retriever settings clean
 
 setup: $(STAMP)
 
@@ -55,6 +55,10 @@ bench: setup
 train-reader: setup
 	$(PY) -m training.squad_reader train
 	$(PY) -m training.calibrate fit
+
+train-retriever: setup
+	$(PY) -m training.question_encoder prepare
+	$(PY) -m training.question_encoder train
 
 clean:
 	rm -rf $(VENV) index/v* index/CURRENT index/eval

@@ -149,7 +149,7 @@ def query_latency(cfg: Config, embedder, qs: list[str]) -> dict:
         pipeline.ask(q)
         total.append((time.perf_counter() - t0) * 1000)
         t0 = time.perf_counter()
-        v = embedder.embed([q])
+        v = embedder.embed_questions([q])
         t1 = time.perf_counter()
         index.passage_vectors.search(v, cfg.candidates)
         index.sentence_vectors.search(v, cfg.candidates * 3)
@@ -173,7 +173,7 @@ def ann_recall(cfg: Config, embedder, qs: list[str], efs=(64, 128, 256, 512)) ->
     from qa.index.vectors import all_vectors
 
     index = open_index(cfg)
-    q = embedder.embed(qs)
+    q = embedder.embed_questions(qs)
     out = {}
     for kind, vi in (("passages", index.passage_vectors), ("sentences", index.sentence_vectors)):
         ids, x = all_vectors(vi.base)
@@ -349,7 +349,7 @@ def txtai_peer(cfg: Config, embedder, qs: list[str], our_build: dict, limit: int
     ours = []
     for q in qs:
         t0 = time.perf_counter()
-        index.passage_vectors.search(embedder.embed([q]), cfg.candidates)
+        index.passage_vectors.search(embedder.embed_questions([q]), cfg.candidates)
         ours.append((time.perf_counter() - t0) * 1000)
     txtai_rate = len(texts) / peer["build_s"]
     our_rate = our_build["passages"] / our_build["seconds"]

@@ -56,6 +56,10 @@ class Config:
 
     # Embedding.
     model: str = setting(DEFAULT_MODEL, "Embedding model: a sentence-transformers name or folder (the default is bundled)")
+    question_encoder: str = setting(
+        "model",
+        "How questions are embedded: tuned (the shipped encoder trained for questions; bundled model only), model, or a folder",
+    )
     batch_size: int = setting(64, "Passages embedded per batch")
     backend: str = setting("onnx-int8", "How the embedder runs: torch, onnx (same vectors, faster) or onnx-int8 (fastest)")
     keep_versions: int = setting(2, "Older index versions kept, so a process still reading one is not cut off")

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import warnings
 from collections.abc import Callable
 from functools import cached_property
@@ -51,17 +52,18 @@ def vector_backend(backend: str) -> str:
 
 
 class Embedder:
-    def __init__(self, model: str, backend: str, cache: Path, batch_size: int = 64) -> None:
+    def __init__(self, model: str, backend: str, cache: Path, batch_size: int = 64, question_encoder: str = "model") -> None:
         self.name = model
         self.batch_size = batch_size
         self.backend = backend
         self.cache = Path(cache)
+        self.question_encoder = question_encoder
         if self.backend not in BACKENDS:
             raise ValueError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
 
     @classmethod
     def from_config(cls, config: Config) -> Embedder:
-        return cls(config.model, config.backend, config.cache, config.batch_size)
+        return cls(config.model, config.backend, config.cache, config.batch_size, config.question_encoder)
 
     @cached_property
     def path(self) -> str:
@@ -73,13 +75,38 @@ class Embedder:
     @cached_property
     def model(self):
         """The loaded model: a SentenceTransformer, or an ONNX Runtime session (loading it is the slow part)."""
-        if self.backend == "torch":
-            import torch
-            from sentence_transformers import SentenceTransformer
+        return _load(self.path, self.backend, self.cache)
 
-            torch.set_num_threads(max(1, os.cpu_count() or 1))
-            return SentenceTransformer(self.path, device="cpu")
-        return _OnnxModel(Path(self.path), self.cache, quantize=self.backend == "onnx-int8")
+    @cached_property
+    def question_path(self) -> str | None:
+        """The folder of the model questions go through, or None when it is the passages' model.
+
+        "tuned" is the shipped question encoder (`qa/retriever_weights/`): trained for questions
+        against the bundled model's passage vectors, so it only goes with the bundled model; with
+        any other model, questions go through that model. A folder is a sentence-transformers model
+        of the same dimension, trained for the passages' model.
+        """
+        choice = self.question_encoder
+        if choice in ("", "model") or (choice == "tuned" and self.name not in _BUNDLED_NAMES):
+            return None
+        if choice == "tuned":
+            return str(tuned_question_encoder(Path(self.path), self.cache))
+        if not Path(choice).is_dir():
+            raise ValueError(f"question encoder {choice!r} is not tuned, model or a model folder")
+        return choice
+
+    @cached_property
+    def question_model(self):
+        """The loaded question model (the passages' model unless `question_path` says otherwise)."""
+        if self.question_path is None:
+            return self.model
+        return _load(self.question_path, self.backend, self.cache)
+
+    def embed_questions(self, texts: list[str]) -> np.ndarray:
+        """Unit-length float32 vectors of questions, comparable with the passages' vectors."""
+        if self.question_path is None:
+            return self.embed(texts)
+        return _encode(self.question_model, self.backend, texts, self.batch_size)
 
     @property
     def dimension(self) -> int:
@@ -122,16 +149,7 @@ class Embedder:
         """Unit-length float32 vectors, one row per text."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        if self.backend != "torch":
-            return self.model.encode(texts, self.batch_size)
-        vectors = self.model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=progress,
-        )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        return _encode(self.model, self.backend, texts, self.batch_size, progress)
 
     def embed_with_spans(self, texts: list[str], spans: list[list[Span]]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Vectors of the texts and of character spans inside them (a passage's sentences), from one
@@ -152,6 +170,58 @@ class Embedder:
         out = np.vstack(vectors).astype(np.float32)
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out, span_vectors
+
+
+def _load(path: str, backend: str, cache: Path):
+    if backend == "torch":
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        return SentenceTransformer(path, device="cpu")
+    return _OnnxModel(Path(path), cache, quantize=backend == "onnx-int8")
+
+
+def _encode(model, backend: str, texts: list[str], batch_size: int, progress: bool = False) -> np.ndarray:
+    if backend != "torch":
+        return model.encode(texts, batch_size)
+    vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=progress)
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+#: The shipped question encoder: the bundled model's transformer layers after training on questions
+#: (`training/question_encoder.py`); the embeddings and everything else are the bundled model's.
+QUESTION_WEIGHTS = Path(__file__).resolve().parent / "retriever_weights"
+QUESTION_FILE = "question_encoder.safetensors"
+
+
+def tuned_question_encoder(base: Path, cache: Path, weights: Path = QUESTION_WEIGHTS) -> Path:
+    """A model folder for the shipped question encoder, assembled once under `cache`: the bundled
+    model's files with its weights overlaid by the trained layers (which ship alone, in fp16)."""
+    from filelock import FileLock
+
+    target = cache / "question-encoder" / f"{base.name}-{files_key(base, weights / QUESTION_FILE)}"
+    if (target / "model.safetensors").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / ".lock")):
+        if (target / "model.safetensors").exists():
+            return target
+        from safetensors.numpy import load_file, save_file
+
+        tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(base, tmp, ignore=shutil.ignore_patterns("model.safetensors", "pytorch_model.bin", "onnx", "*.onnx"))
+        state = load_file(str(base / "model.safetensors"))
+        trained = load_file(str(weights / QUESTION_FILE))
+        unknown = sorted(set(trained) - set(state))
+        if unknown:
+            raise ValueError(f"{weights / QUESTION_FILE}: weights the model does not have, e.g. {unknown[:3]}")
+        state.update({k: v.astype(state[k].dtype) for k, v in trained.items()})
+        save_file(state, str(tmp / "model.safetensors"))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    return target
 
 
 def pool_spans(hidden: np.ndarray, offsets: list[Span], spans: list[Span]) -> np.ndarray:

@@ -40,11 +40,11 @@ class Pipeline:
             return self._index
 
     def ask(self, question: str, top_k: int | None = None, filters: Filters | None = None) -> AskResult:
-        self.embedder.model  # loaded once, outside the timing
+        self.embedder.question_model  # loaded once, outside the timing
         started = time.perf_counter()
         top_k = top_k or self.config.top_k
         index = self.index()
-        vector = self.embedder.embed([question])[0]
+        vector = self.embedder.embed_questions([question])[0]
         hits = self.retriever.retrieve(index, vector, question, max(top_k, self.config.read_passages), filters)
         rows = index.store.passages([h.passage_id for h in hits])
         answers = self.reader.read(question, vector, index, hits, rows)

@@ -42,7 +42,7 @@ from qa.index.version import (
     version_dir,
 )
 from qa.lexical import LexicalIndex
-from qa.models import Document
+from qa.models import Document, Passage
 from qa.passages import PassageSplitter
 from qa.progress import Progress
 from qa.store import Store
@@ -229,16 +229,12 @@ def _build_milvus(
         summary.documents, summary.passages, summary.version = counts["documents"], counts["passages"], build.previous
         return summary
     build.remove(drop)
-    split = [(doc, _splitter(config, embedder).split(doc)) for doc in todo]
-    texts = [f"{doc.title}\n{p.text}" for doc, passages in split for p in passages]
-    shift = [len(doc.title) + 1 for doc, passages in split for _ in passages]
-    spans = [[(k + s.start, k + s.end) for s in p.sentences] for k, p in zip(shift, (p for _, ps in split for p in ps))]
-    vectors, sentence_vectors = _embed(embedder, texts, spans, report, show_progress)
+    split, vectors, sentence_vectors = embed_documents(config, embedder, todo, report, show_progress)
     k = 0
     for doc, passages in split:
         build.add(doc, passages, vectors[k : k + len(passages)], sentence_vectors[k : k + len(passages)])
         k += len(passages)
-    summary.embedded = len(texts)
+    summary.embedded = len(vectors)
     if part is not None and not build.part_done():
         summary.note = f"part {part[0]}/{part[1]} is in; the last part to finish publishes version {build.target}"
         return summary
@@ -252,6 +248,19 @@ def _splitter(config: Config, embedder: Embedder) -> PassageSplitter:
     return PassageSplitter(
         embedder.count_tokens, embedder.split_tokens, embedder.max_tokens, config.min_passage_words, config.window_overlap_sentences
     )
+
+
+def embed_documents(
+    config: Config, embedder: Embedder, docs: list[Document], report: Callable = lambda *a: None, show_progress: bool = False
+) -> tuple[list[tuple[Document, list[Passage]]], np.ndarray, list[np.ndarray]]:
+    """Each document's passages, their vectors and their sentences' vectors, as an index holds them
+    (also what the question encoder is trained against: training/question_encoder.py)."""
+    split = [(doc, _splitter(config, embedder).split(doc)) for doc in docs]
+    texts = [f"{doc.title}\n{p.text}" for doc, passages in split for p in passages]
+    shift = [len(doc.title) + 1 for doc, passages in split for _ in passages]
+    spans = [[(k + s.start, k + s.end) for s in p.sentences] for k, p in zip(shift, (p for _, ps in split for p in ps))]
+    vectors, sentence_vectors = _embed(embedder, texts, spans, report, show_progress)
+    return split, vectors, sentence_vectors
 
 
 def _embed(

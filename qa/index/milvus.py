@@ -45,6 +45,7 @@ STEMMED = {"tokenizer": "standard", "filter": ["lowercase", {"type": "stemmer", 
 
 _clients: dict[tuple[str, str], Any] = {}
 _clients_lock = threading.Lock()
+_loaded: set[tuple[str, str]] = set()  # (uri, prefix) whose collections this process has loaded
 
 
 def client(uri: str, token: str):
@@ -92,6 +93,21 @@ class Milvus:
         self.client = client(config.milvus_uri, config.milvus_token)
         p = config.milvus_prefix
         self.meta, self.documents, self.passages, self.sentences = f"{p}_meta", f"{p}_documents", f"{p}_passages", f"{p}_sentences"
+        self._load()
+
+    def _load(self) -> None:
+        """Loads the collections into memory once per process: a Milvus that restarted (or a Milvus
+        Lite file another process wrote) has them released, and a released collection cannot be searched."""
+        key = (self.config.milvus_uri, self.config.milvus_prefix)
+        if key in _loaded:
+            return
+        with _clients_lock:
+            names = [n for n in (self.meta, self.documents, self.passages, self.sentences) if self.client.has_collection(n)]
+            for name in names:
+                if "NotLoad" in str(getattr(self.client.get_load_state(name).get("state"), "name", "")):
+                    self.client.load_collection(name)
+            if len(names) == 4:
+                _loaded.add(key)
 
     # Published versions.
 

@@ -31,7 +31,7 @@ def create_app(config: Config | None = None, embedder: Embedder | None = None) -
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
-        embedder.model  # load before answering health checks, so the first question is not slow
+        embedder.model, embedder.question_model  # load before answering health checks, so the first question is not slow
         await run_in_threadpool(pipeline.reader.warm)
         app.state.models_loaded = True
         yield
