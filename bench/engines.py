@@ -129,7 +129,9 @@ def exact_top20(cfg: Config, qs: list[str]) -> dict[str, float]:
     x = x[keep]
     if vi.delta.ntotal:
         x = np.vstack([x, vi.delta.index.reconstruct_n(0, vi.delta.ntotal)])
-    q = Embedder.from_config(cfg).embed_questions(qs)
+    # One question at a time, as the engines embed them: int8 dynamic quantization depends on the batch.
+    embedder = Embedder.from_config(cfg)
+    q = np.vstack([embedder.embed_questions([text]) for text in qs])
     scores = q @ x.T
     twentieth = -np.partition(-scores, 19, axis=1)[:, 19]
     return {qs[k]: float(twentieth[k]) for k in range(len(qs))}

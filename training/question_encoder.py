@@ -344,13 +344,17 @@ def cmd_fusion(args) -> None:
         build_index(config, embedder, upserts=paragraphs_as_documents(read_jsonl(paragraphs_path)), deletes=[], wait=600)
         questions = read_jsonl(questions_path)
     index = open_index(config)
-    rows = index.store.passages(list(range(0, 10**7)))  # every passage's document, once
-    doc_of = {pid: r.document_id for pid, r in rows.items()}
     found = []
     for q in questions:
         vector = embedder.embed_questions([q["question"]])[0]
         c = index.candidates(vector, q["question"], config.candidates, None)
         found.append((q["context_id"], c, q["id"].startswith("squad")))
+    # The document of every passage a question's candidates name, fetched once in chunks (SQLite
+    # caps the variables of one statement).
+    wanted = sorted({pid for _, c, _ in found for pid, _ in [*c.dense, *c.sentence, *c.lexical]})
+    doc_of = {}
+    for start in range(0, len(wanted), 500):
+        doc_of |= {pid: r.document_id for pid, r in index.store.passages(wanted[start : start + 500]).items()}
     grid = [(d, s, lx) for d in (0.5, 1.0, 1.5) for s in (0.5, 1.0, 1.5) for lx in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]
     results = []
     for d, s, lx in grid:

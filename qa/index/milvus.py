@@ -40,6 +40,8 @@ logging.getLogger("grpc._server").setLevel(logging.CRITICAL)  # Milvus Lite's in
 
 TEXT_CHUNK = 8000  # characters of a document's text per row (VARCHAR limits are in bytes)
 PAGE = 10_000
+# Milvus answers at most this many rows to one plain query; past it, pages go through an iterator.
+QUERY_WINDOW = 16_384
 STEMMED = {"tokenizer": "standard", "filter": ["lowercase", {"type": "stemmer", "language": "english"}]}
 
 
@@ -237,10 +239,13 @@ class MilvusStore:
         self.db, self.version, self.live = db, version, visible(version)
 
     def _q(self, collection: str, expr: str, fields: list[str], limit: int | None = None) -> list[dict]:
+        """Rows matching `expr` in this version. With `limit` unset, every row: one plain query when
+        they fit its window (the question path: an iterator costs several round trips), else pages."""
         expr = f"({expr}) and {self.live}" if expr else self.live
-        if limit is None:
-            return self.db.rows(collection, expr, fields)
-        return self.db.client.query(collection, filter=expr, output_fields=fields, limit=limit)
+        if limit is not None:
+            return self.db.client.query(collection, filter=expr, output_fields=fields, limit=limit)
+        rows = self.db.client.query(collection, filter=expr, output_fields=fields, limit=QUERY_WINDOW)
+        return rows if len(rows) < QUERY_WINDOW else self.db.rows(collection, expr, fields)
 
     def passages(self, ids: list[int]) -> dict[int, PassageRow]:
         if not ids:
