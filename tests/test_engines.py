@@ -186,3 +186,19 @@ def test_the_service_on_milvus(sample_config: Config, tmp_path, embedder) -> Non
         assert client.delete("/api/documents/harbour", headers={"Authorization": "Bearer k"}).json()["index_version"] == 3
         assert client.get("/api/documents/harbour").status_code == 404 and not (cfg.corpus / "harbour.json").exists()
         assert client.get("/api/health").json()["documents"] == 1
+
+
+def test_milvus_collections_made_with_another_analyzer_ask_for_a_new_prefix(sample_config: Config, tmp_path, embedder, monkeypatch) -> None:
+    from qa.index import milvus
+
+    cfg = sample_config.replace(milvus_uri=str(tmp_path / "milvus.db"))
+    with monkeypatch.context() as m:  # collections as an earlier release made them
+        m.setattr(milvus, "ANALYZER", {"tokenizer": "standard", "filter": ["lowercase"]})
+        build_index(cfg, embedder)
+    with pytest.raises(IndexProblem, match="another BM25 analyzer.*QA_MILVUS_PREFIX"):
+        open_index(cfg)
+    with pytest.raises(IndexProblem, match="another BM25 analyzer"):
+        build_index(cfg, embedder)
+    fresh = cfg.replace(milvus_prefix="qa2")
+    build_index(fresh, embedder)
+    assert Pipeline(fresh, embedder).ask(IBM_QUESTION).answers

@@ -30,6 +30,7 @@ import numpy as np
 
 from qa.config import Config
 from qa.embedding import Embedder, vector_backend
+from qa.lexical import STOP_WORDS
 from qa.index.version import FORMAT_VERSION, Candidates, IndexDamaged, IndexMismatch, IndexProblem, Manifest, NoIndex
 from qa.models import Document, Filters
 from qa.store import PassageRow, SentenceRow
@@ -42,7 +43,14 @@ TEXT_CHUNK = 8000  # characters of a document's text per row (VARCHAR limits are
 PAGE = 10_000
 # Milvus answers at most this many rows to one plain query; past it, pages go through an iterator.
 QUERY_WINDOW = 16_384
-STEMMED = {"tokenizer": "standard", "filter": ["lowercase", {"type": "stemmer", "language": "english"}]}
+# BM25's analyzer, as close as Milvus allows to the files engine's (qa/lexical.py): lower case,
+# accents folded, the same stop words, English Snowball stems. Without the stop words, a question's
+# "the" and "of" walked the longest postings: 17 ms against 5.5 ms a search on 100 news_2022
+# articles, and its top 20 shared 0.37 of the files engine's BM25 top 20 against 0.55.
+ANALYZER = {
+    "tokenizer": "standard",
+    "filter": ["lowercase", "asciifolding", {"type": "stop", "stop_words": sorted(STOP_WORDS)}, {"type": "stemmer", "language": "english"}],
+}
 
 
 _clients: dict[tuple[str, str], Any] = {}
@@ -110,6 +118,19 @@ class Milvus:
                     self.client.load_collection(name)
             if len(names) == 4:
                 _loaded.add(key)
+
+    def schema_problem(self) -> str | None:
+        """Why the existing collections cannot serve this code (their schema is fixed when made)."""
+        if not self.client.has_collection(self.passages):
+            return None
+        fields = {f["name"]: f for f in self.client.describe_collection(self.passages)["fields"]}
+        made = json.loads(fields.get("lexical", {}).get("params", {}).get("analyzer_params") or "null")
+        if made != json.loads(json.dumps(ANALYZER)):
+            return (
+                f"the Milvus collections {self.config.milvus_prefix}_* were made with another BM25 analyzer: build a new "
+                "index under another prefix (QA_MILVUS_PREFIX=... qa index), point the replicas at it, then drop the old collections"
+            )
+        return None
 
     # Published versions.
 
@@ -195,7 +216,7 @@ class Milvus:
                 ("date", DataType.VARCHAR, short),
                 ("url", DataType.VARCHAR, text),
                 ("source", DataType.VARCHAR, short),
-                ("lexical", DataType.VARCHAR, {**text, "enable_analyzer": True, "analyzer_params": STEMMED}),
+                ("lexical", DataType.VARCHAR, {**text, "enable_analyzer": True, "analyzer_params": ANALYZER}),
                 ("sparse", DataType.SPARSE_FLOAT_VECTOR),
                 *version,
                 ("vector", DataType.FLOAT_VECTOR, {"dim": dimension}),
@@ -389,6 +410,8 @@ def open_milvus(config: Config) -> MilvusIndex:
     except TypeError as exc:
         raise IndexDamaged(f"the Milvus index's current version is damaged ({exc}): run `qa index --rebuild`") from exc
     check_manifest(manifest, config)
+    if problem := db.schema_problem():
+        raise IndexMismatch(problem)
     return MilvusIndex(db, manifest, config)
 
 
@@ -420,6 +443,8 @@ class MilvusBuild:
         self.config, self.embedder, self.part = config, embedder, part
         self.db = Milvus(config)
         self.db.ensure(embedder.dimension)
+        if problem := self.db.schema_problem():
+            raise IndexMismatch(problem)
         found = self.db.current()
         self.previous = found[0] if found else 0
         self.target = self.previous + 1
