@@ -89,6 +89,29 @@ class Analyzer:
     def question_terms(self, question: str) -> list[bytes]:
         return list(dict.fromkeys(self.terms(self.words(question))))
 
+    def passage_terms(self, title: str, text: str) -> tuple[list[bytes], list[bytes], float]:
+        """A passage's body terms, its title's terms, and its BM25 length (a title word counts
+        TITLE_WEIGHT; stop words count in the length though not in the postings)."""
+        title_words, words = self.words(title), self.words(text)
+        return self.terms(words), self.terms(title_words), len(words) + TITLE_WEIGHT * len(title_words)
+
+
+def idf(count: int, df: int | np.ndarray) -> float | np.ndarray:
+    """BM25's inverse document frequency of a term in `df` of `count` passages."""
+    return np.log1p((count - df + 0.5) / (df + 0.5))
+
+
+def document_weights(body: list[bytes], title: list[bytes], length: float, average_length: float) -> dict[bytes, float]:
+    """A passage's side of BM25, term by term: with the question side's idf, their inner product
+    is the passage's BM25 score (how the Milvus engine stores it as a sparse vector)."""
+    tf: dict[bytes, float] = {}
+    for term in body:
+        tf[term] = tf.get(term, 0.0) + 1.0
+    for term in title:
+        tf[term] = tf.get(term, 0.0) + TITLE_WEIGHT
+    norm = K1 * (1 - B + B * length / average_length)
+    return {term: f * (K1 + 1) / (f + norm) for term, f in tf.items()}
+
 
 def query_terms(question: str) -> list[str]:
     """The question's words that are not stop words, lower case, once each (for the readers)."""
@@ -222,10 +245,9 @@ class LexicalIndex:
             for t, (rows, tfs) in enumerate(lists):
                 if not len(rows):
                     continue
-                df = sum(len(other[t][0]) for _, other in found)
-                idf = np.log1p((self.count - df + 0.5) / (df + 0.5))
+                weight = idf(self.count, sum(len(other[t][0]) for _, other in found))
                 norm = K1 * (1 - B + B * lengths[rows] / self.average_length)
-                scores += np.bincount(rows, weights=idf * tfs * (K1 + 1) / (tfs + norm), minlength=len(seg)).astype(np.float32)
+                scores += np.bincount(rows, weights=weight * tfs * (K1 + 1) / (tfs + norm), minlength=len(seg)).astype(np.float32)
             if seg is self.base and self._alive is not None:
                 scores[~self._alive] = 0
             if allowed is not None:
@@ -265,15 +287,8 @@ class LexicalIndex:
         terms: list[bytes] = []
         owners: list[int] = []
         tfs: list[float] = []
-        titles: dict[str, tuple[list[bytes], int]] = {}
         for row, (pid, title, text) in enumerate(passages):
-            if title not in titles:
-                words = self.analyzer.words(title)
-                titles[title] = (self.analyzer.terms(words), len(words))
-            title_terms, title_words = titles[title]
-            words = self.analyzer.words(text)
-            body = self.analyzer.terms(words)
-            lengths[row] = len(words) + TITLE_WEIGHT * title_words
+            body, title_terms, lengths[row] = self.analyzer.passage_terms(title, text)
             terms += body
             terms += title_terms
             owners += [pid] * (len(body) + len(title_terms))

@@ -188,16 +188,43 @@ def test_the_service_on_milvus(sample_config: Config, tmp_path, embedder) -> Non
         assert client.get("/api/health").json()["documents"] == 1
 
 
-def test_milvus_collections_made_with_another_analyzer_ask_for_a_new_prefix(sample_config: Config, tmp_path, embedder, monkeypatch) -> None:
+def lexical_by_passage(cfg: Config, question: str) -> list[tuple[str, int, float]]:
+    index = open_index(cfg)
+    found = index.candidates(np.zeros(384, np.float32), question, 10, None).lexical
+    rows = index.store.passages([pid for pid, _ in found])
+    return [(rows[pid].document_id, rows[pid].ordinal, round(score, 3)) for pid, score in found]
+
+
+def test_milvus_bm25_is_the_files_engines_and_its_term_counts_follow_changes(sample_config: Config, tmp_path, embedder) -> None:
+    milvus = sample_config.replace(milvus_uri=str(tmp_path / "milvus.db"))
+    for cfg in (sample_config, milvus):
+        build_index(cfg, embedder)
+    for question in (*QUESTIONS, "Bloomberg reported the servers"):
+        assert lexical_by_passage(milvus, question) == lexical_by_passage(sample_config, question) != []
+    # Term counts after an add, a replace and a delete equal those of one build of the result.
+    harbour = Document("harbour", "Harbour", "The harbour at Quillport reopened. Inspur servers run the harbour.")
+    build_index(milvus, embedder, upserts=[harbour], deletes=[])
+    build_index(milvus, embedder, upserts=[Document("harbour", "Harbour", "The harbour at Quillport stays shut.")], deletes=[])
+    write_article(sample_config.corpus, "ferry.txt", "Ferry late", "The ferry to Ostwick ran late on Monday. Inspur said nothing.")
+    build_index(milvus, embedder)  # the corpus folder: harbour gone (not a file), ferry added
+    once = milvus.replace(milvus_prefix="once")
+    build_index(once, embedder)
+    question = "Did the Inspur harbour ferry to Ostwick run late?"
+    assert open_index(milvus).question_weights(question) == open_index(once).question_weights(question)
+    # inspur, ferri, ostwick, late: "harbour" left with its article, and no passage says "run"
+    assert len(open_index(milvus).question_weights(question)) == 4
+
+
+def test_milvus_collections_made_with_another_layout_ask_for_a_new_prefix(sample_config: Config, tmp_path, embedder, monkeypatch) -> None:
     from qa.index import milvus
 
     cfg = sample_config.replace(milvus_uri=str(tmp_path / "milvus.db"))
     with monkeypatch.context() as m:  # collections as an earlier release made them
-        m.setattr(milvus, "ANALYZER", {"tokenizer": "standard", "filter": ["lowercase"]})
+        m.setattr(milvus, "SCHEMA", milvus.SCHEMA - 1)
         build_index(cfg, embedder)
-    with pytest.raises(IndexProblem, match="another BM25 analyzer.*QA_MILVUS_PREFIX"):
+    with pytest.raises(IndexProblem, match="have layout .*QA_MILVUS_PREFIX"):
         open_index(cfg)
-    with pytest.raises(IndexProblem, match="another BM25 analyzer"):
+    with pytest.raises(IndexProblem, match="have layout"):
         build_index(cfg, embedder)
     fresh = cfg.replace(milvus_prefix="qa2")
     build_index(fresh, embedder)

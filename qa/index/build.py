@@ -230,6 +230,7 @@ def _build_milvus(
         return summary
     build.remove(drop)
     split, vectors, sentence_vectors = embed_documents(config, embedder, todo, report, show_progress)
+    build.measure(split)
     k = 0
     for doc, passages in split:
         build.add(doc, passages, vectors[k : k + len(passages)], sentence_vectors[k : k + len(passages)])

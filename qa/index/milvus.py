@@ -14,6 +14,13 @@ rows that no published version sees, which the next build removes first. Rows re
 
 Ids are a hash of (document id, content hash, position, version), so what a build writes does
 not depend on the order documents are embedded in.
+
+BM25 is the files engine's (qa/lexical.py: same analyzer, same formula) as sparse vectors: each
+passage stores its side (saturated term frequencies, normalized by the corpus's mean passage
+length), a question sends its terms' idf, and the inner product is the BM25 score. The document
+frequencies live in the terms collection, versioned like every row, so the statistics are global
+to a version; Milvus's own BM25 function keeps them per segment, so its scores depended on how
+rows were flushed.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import numpy as np
 
 from qa.config import Config
 from qa.embedding import Embedder, vector_backend
-from qa.lexical import STOP_WORDS
+from qa.lexical import Analyzer, document_weights, idf
 from qa.index.version import FORMAT_VERSION, Candidates, IndexDamaged, IndexMismatch, IndexProblem, Manifest, NoIndex
 from qa.models import Document, Filters
 from qa.store import PassageRow, SentenceRow
@@ -43,14 +50,16 @@ TEXT_CHUNK = 8000  # characters of a document's text per row (VARCHAR limits are
 PAGE = 10_000
 # Milvus answers at most this many rows to one plain query; past it, pages go through an iterator.
 QUERY_WINDOW = 16_384
-# BM25's analyzer, as close as Milvus allows to the files engine's (qa/lexical.py): lower case,
-# accents folded, the same stop words, English Snowball stems. Without the stop words, a question's
-# "the" and "of" walked the longest postings: 17 ms against 5.5 ms a search on 100 news_2022
-# articles, and its top 20 shared 0.37 of the files engine's BM25 top 20 against 0.55.
-ANALYZER = {
-    "tokenizer": "standard",
-    "filter": ["lowercase", "asciifolding", {"type": "stop", "stop_words": sorted(STOP_WORDS)}, {"type": "stemmer", "language": "english"}],
-}
+# The collections' layout. Collections are made once and cannot change, so an index made by code
+# with another layout is refused with a way out (schema_problem). 2: BM25 as the project's own
+# sparse weights (below) instead of Milvus's BM25 function.
+SCHEMA = 2
+_analyzer = Analyzer()
+
+
+def term_id(term: bytes) -> int:
+    """A term's dimension in the sparse vectors (31 bits of its hash)."""
+    return int.from_bytes(hashlib.blake2b(term, digest_size=4).digest(), "big") >> 1
 
 
 _clients: dict[tuple[str, str], Any] = {}
@@ -103,6 +112,7 @@ class Milvus:
         self.client = client(config.milvus_uri, config.milvus_token)
         p = config.milvus_prefix
         self.meta, self.documents, self.passages, self.sentences = f"{p}_meta", f"{p}_documents", f"{p}_passages", f"{p}_sentences"
+        self.terms = f"{p}_terms"
         self._load()
 
     def _load(self) -> None:
@@ -112,22 +122,34 @@ class Milvus:
         if key in _loaded:
             return
         with _clients_lock:
-            names = [n for n in (self.meta, self.documents, self.passages, self.sentences) if self.client.has_collection(n)]
+            names = [n for n in (self.meta, *self.versioned) if self.client.has_collection(n)]
             for name in names:
                 if "NotLoad" in str(getattr(self.client.get_load_state(name).get("state"), "name", "")):
                     self.client.load_collection(name)
-            if len(names) == 4:
+            if len(names) == 5:
                 _loaded.add(key)
 
+    @property
+    def versioned(self) -> tuple[str, ...]:
+        """The collections whose rows carry versions."""
+        return (self.documents, self.passages, self.sentences, self.terms)
+
+    def meta_value(self, key: str) -> dict | None:
+        rows = self.client.query(self.meta, filter=f"key == {json.dumps(key)}", output_fields=["value"])
+        return json.loads(rows[0]["value"]) if rows else None
+
+    def set_meta(self, key: str, value: dict) -> None:
+        self.client.upsert(self.meta, [{"key": key, "value": json.dumps(value), "dummy": [0.0, 0.0]}])
+        self.client.flush(self.meta)
+
     def schema_problem(self) -> str | None:
-        """Why the existing collections cannot serve this code (their schema is fixed when made)."""
+        """Why the existing collections cannot serve this code (their layout is fixed when made)."""
         if not self.client.has_collection(self.passages):
             return None
-        fields = {f["name"]: f for f in self.client.describe_collection(self.passages)["fields"]}
-        made = json.loads(fields.get("lexical", {}).get("params", {}).get("analyzer_params") or "null")
-        if made != json.loads(json.dumps(ANALYZER)):
+        made = (self.meta_value("schema") or {}).get("version", 1)
+        if made != SCHEMA:
             return (
-                f"the Milvus collections {self.config.milvus_prefix}_* were made with another BM25 analyzer: build a new "
+                f"the Milvus collections {self.config.milvus_prefix}_* have layout {made}, this code needs {SCHEMA}: build a new "
                 "index under another prefix (QA_MILVUS_PREFIX=... qa index), point the replicas at it, then drop the old collections"
             )
         return None
@@ -149,24 +171,23 @@ class Milvus:
         self.client.flush(self.meta)
 
     def flush(self) -> None:
-        for name in (self.documents, self.passages, self.sentences):
+        for name in self.versioned:
             self.client.flush(name)
 
     # Schema.
 
     def ensure(self, dimension: int) -> None:
-        from pymilvus import DataType, Function, FunctionType
+        from pymilvus import DataType
 
         c = self.client
+        fresh = not c.has_collection(self.passages)
 
-        def create(name: str, fields: list[tuple], vectors: list[tuple[str, str, str]], functions: list | None = None) -> None:
+        def create(name: str, fields: list[tuple], vectors: list[tuple[str, str, str]]) -> None:
             if c.has_collection(name):
                 return
             schema = c.create_schema(auto_id=False)
             for field in fields:
                 schema.add_field(*field[:2], **(field[2] if len(field) > 2 else {}))
-            for f in functions or []:
-                schema.add_function(f)
             index = c.prepare_index_params()
             for field, kind, metric in vectors:
                 index.add_index(field, index_type=kind, metric_type=metric)
@@ -216,13 +237,11 @@ class Milvus:
                 ("date", DataType.VARCHAR, short),
                 ("url", DataType.VARCHAR, text),
                 ("source", DataType.VARCHAR, short),
-                ("lexical", DataType.VARCHAR, {**text, "enable_analyzer": True, "analyzer_params": ANALYZER}),
                 ("sparse", DataType.SPARSE_FLOAT_VECTOR),
                 *version,
                 ("vector", DataType.FLOAT_VECTOR, {"dim": dimension}),
             ],
-            [("vector", "FLAT", "IP"), ("sparse", "SPARSE_INVERTED_INDEX", "BM25")],
-            [Function(name="bm25", function_type=FunctionType.BM25, input_field_names=["lexical"], output_field_names=["sparse"])],
+            [("vector", "FLAT", "IP"), ("sparse", "SPARSE_INVERTED_INDEX", "IP")],
         )
         create(
             self.sentences,
@@ -240,6 +259,17 @@ class Milvus:
             ],
             [("vector", "FLAT", "IP")],
         )
+        # BM25's document frequencies: per version, one row per term (kind 0); a build's workers
+        # write their changes (kind 1), which publishing folds into the totals.
+        create(
+            self.terms,
+            [("key", DataType.INT64, {"is_primary": True}), ("term", DataType.INT64), ("df", DataType.INT64), ("kind", DataType.INT64)]
+            + version
+            + [("dummy", DataType.FLOAT_VECTOR, {"dim": 2})],
+            [("dummy", "FLAT", "L2")],
+        )
+        if fresh:
+            self.set_meta("schema", {"version": SCHEMA})
 
     def rows(self, collection: str, expr: str, fields: list[str]) -> list[dict]:
         """Every row matching `expr` (queries are capped, so this pages through them)."""
@@ -370,21 +400,25 @@ class MilvusIndex:
         by_sentence: dict[int, float] = {}
         for hit in sent:
             by_sentence.setdefault(int(hit["entity"]["passage_id"]), float(hit["distance"]))
-        lexical = c.search(
-            self.db.passages,
-            data=[question],
-            anns_field="sparse",
-            limit=n,
-            filter=expr,
-            output_fields=["id"],
-            search_params={"metric_type": "BM25"},
-        )[0]
+        weights = self.question_weights(question)
+        lexical = (
+            c.search(self.db.passages, data=[weights], anns_field="sparse", limit=n, filter=expr, output_fields=["id"], search_params={"metric_type": "IP"})[0]
+            if weights
+            else []
+        )
         return Candidates(
             [(int(h["id"]), float(h["distance"])) for h in dense],
             list(by_sentence.items()),
-            # Milvus Lite reports BM25 as a distance (the best most negative): the score is its magnitude.
-            [(int(h["id"]), abs(float(h["distance"]))) for h in lexical],
+            [(int(h["id"]), float(h["distance"])) for h in lexical if h["distance"] > 0],
         )
+
+    def question_weights(self, question: str) -> dict[int, float]:
+        """The question's side of BM25: each term's idf in this version (its passages' side is stored)."""
+        terms = {term_id(t) for t in _analyzer.question_terms(question)}
+        if not terms:
+            return {}
+        rows = self.store._q(self.db.terms, f"kind == 0 and term in {sorted(terms)}", ["term", "df"])
+        return {r["term"]: float(idf(self.manifest.passages, r["df"])) for r in rows}
 
     def sentence_embeddings(self, sentence_ids: list[int]) -> np.ndarray:
         rows = self.store._q(self.db.sentences, f"id in {list(map(int, sentence_ids))}", ["id", "vector"])
@@ -442,16 +476,16 @@ class MilvusBuild:
     def __init__(self, config: Config, embedder: Embedder, rebuild: bool, part: tuple[int, int] | None = None) -> None:
         self.config, self.embedder, self.part = config, embedder, part
         self.db = Milvus(config)
-        self.db.ensure(embedder.dimension)
         if problem := self.db.schema_problem():
             raise IndexMismatch(problem)
+        self.db.ensure(embedder.dimension)
         found = self.db.current()
         self.previous = found[0] if found else 0
         self.target = self.previous + 1
         plan = {"target": self.target, "parts": part[1] if part else 1, "rebuild": rebuild}
-        if not (part and self._meta("build") == plan):  # not joining a build under way: start clean
+        if not (part and self.db.meta_value("build") == plan):  # not joining a build under way: start clean
             self._clean_unpublished()
-            self._set_meta("build", plan)
+            self.db.set_meta("build", plan)
         self.live_hashes: dict[str, str] = {}
         if found:
             manifest = Manifest(**{k: found[1][k] for k in Manifest.__dataclass_fields__ if k in found[1]})
@@ -459,6 +493,10 @@ class MilvusBuild:
                 check_manifest(manifest, config)
             self.live_hashes = MilvusStore(self.db, self.previous).document_hashes()
         self.old_hashes = {} if rebuild else self.live_hashes
+        # BM25: the passages' side is written with the corpus's mean passage length, measured by the
+        # first build (or a rebuild) and kept for the incremental ones; term counts change as rows do.
+        self.average_length = None if rebuild else (self.db.meta_value("lexical") or {}).get("average_length")
+        self.df_changes: dict[int, int] = {}
 
     def mine(self, doc_id: str) -> bool:
         """Whether this worker writes the document (always, without parts)."""
@@ -466,29 +504,22 @@ class MilvusBuild:
             return True
         return int(hashlib.sha256(doc_id.encode()).hexdigest(), 16) % self.part[1] == self.part[0] - 1
 
-    def _meta(self, key: str) -> dict | None:
-        rows = self.db.client.query(self.db.meta, filter=f"key == {json.dumps(key)}", output_fields=["value"])
-        return json.loads(rows[0]["value"]) if rows else None
-
-    def _set_meta(self, key: str, value: dict) -> None:
-        self.db.client.upsert(self.db.meta, [{"key": key, "value": json.dumps(value), "dummy": [0.0, 0.0]}])
-        self.db.client.flush(self.db.meta)
-
     def part_done(self) -> bool:
         """Records this part as in; True when every part of the build is."""
         assert self.part is not None
+        self._write_df_changes()
         self.db.flush()
-        self._set_meta(f"part-{self.target}-{self.part[0]}", {"done": True})
-        return all(self._meta(f"part-{self.target}-{i}") for i in range(1, self.part[1] + 1))
+        self.db.set_meta(f"part-{self.target}-{self.part[0]}", {"done": True})
+        return all(self.db.meta_value(f"part-{self.target}-{i}") for i in range(1, self.part[1] + 1))
 
     def _clean_unpublished(self) -> None:
         """Rows of builds that never published (killed): gone, and their removal marks undone."""
         c = self.db.client
-        for name in (self.db.documents, self.db.passages, self.db.sentences):
+        for name in self.db.versioned:
             c.delete(name, filter=f"added > {self.previous}")
             marked = self.db.rows(name, f"removed > {self.previous}", ["*"])
             if marked:
-                c.upsert(name, [{**r, "removed": 0} for r in _writable(marked)])
+                c.upsert(name, [{**r, "removed": 0} for r in marked])
 
     def remove(self, doc_ids: list[str]) -> None:
         """Marks the documents' rows removed in the new version."""
@@ -497,8 +528,31 @@ class MilvusBuild:
         expr = f"document_id in {json.dumps(doc_ids)} and {visible(self.previous)}"
         for name in (self.db.documents, self.db.passages, self.db.sentences):
             rows = self.db.rows(name, expr, ["*"])
+            if name == self.db.passages:
+                for r in rows:
+                    for term in r["sparse"]:
+                        self.df_changes[int(term)] = self.df_changes.get(int(term), 0) - 1
             for k in range(0, len(rows), 1000):
-                self.db.client.upsert(name, [{**r, "removed": self.target} for r in _writable(rows[k : k + 1000])])
+                self.db.client.upsert(name, [{**r, "removed": self.target} for r in rows[k : k + 1000]])
+
+    def measure(self, split: list[tuple[Document, list]]) -> None:
+        """Sets BM25's mean passage length from the passages about to be written, where no earlier
+        build set it (each part of a parallel build measures its own share: hash shares of one
+        corpus, so their means agree closely)."""
+        if self.average_length is None:
+            lengths = [_analyzer.passage_terms(doc.title, p.text)[2] for doc, passages in split for p in passages]
+            self.average_length = float(np.mean(lengths)) if lengths else 1.0
+            self.db.set_meta("lexical", {"average_length": self.average_length})
+
+    def _sparse(self, title: str, text: str) -> dict[int, float]:
+        body, title_terms, length = _analyzer.passage_terms(title, text)
+        weights: dict[int, float] = {}
+        for term, weight in document_weights(body, title_terms, length, self.average_length or 1.0).items():
+            key = term_id(term)
+            weights[key] = weights.get(key, 0.0) + weight
+        for key in weights:
+            self.df_changes[key] = self.df_changes.get(key, 0) + 1
+        return weights
 
     def add(self, doc: Document, passages: list, vectors: np.ndarray, sentence_vectors: list[np.ndarray]) -> None:
         v, dummy = self.target, [0.0, 0.0]
@@ -538,7 +592,7 @@ class MilvusBuild:
                     "text": p.text,
                     "title": doc.title,
                     "url": doc.url or "",
-                    "lexical": f"{doc.title}\n{p.text}",
+                    "sparse": self._sparse(doc.title, p.text),
                     "added": v,
                     "removed": 0,
                     "vector": vec.astype(np.float32).tolist(),
@@ -568,7 +622,44 @@ class MilvusBuild:
     def db_counts(self) -> dict[str, int]:
         return MilvusStore(self.db, self.previous).counts()
 
+    def _write_df_changes(self) -> None:
+        """This worker's changes to the term counts, as rows of kind 1 for publishing to fold."""
+        part = self.part[0] if self.part else 1
+        rows = [
+            {"key": row_id("df", term, self.target, part), "term": term, "df": change, "kind": 1, "added": self.target, "removed": 0}
+            for term, change in self.df_changes.items()
+            if change
+        ]
+        for k in range(0, len(rows), 5000):
+            self.db.client.upsert(self.db.terms, [r | {"dummy": [0.0, 0.0]} for r in rows[k : k + 5000]])
+        self.df_changes = {}
+
+    def _fold_df_changes(self) -> None:
+        """Totals of the new version: the previous totals plus every worker's changes."""
+        c, terms = self.db.client, self.db.terms
+        c.flush(terms)
+        changes: dict[int, int] = {}
+        for r in self.db.rows(terms, f"kind == 1 and added == {self.target}", ["term", "df"]):
+            changes[r["term"]] = changes.get(r["term"], 0) + r["df"]
+        keys = sorted(changes)
+        for k in range(0, len(keys), 1000):
+            chunk = keys[k : k + 1000]
+            old = self.db.rows(terms, f"kind == 0 and term in {chunk} and {visible(self.previous)}", ["*"])
+            totals = {r["term"]: r["df"] for r in old}
+            new = [
+                {"key": row_id("df", t, self.target), "term": t, "df": totals.get(t, 0) + changes[t], "kind": 0, "added": self.target, "removed": 0}
+                for t in chunk
+            ]
+            if fresh := [r | {"dummy": [0.0, 0.0]} for r in new if r["df"] > 0]:
+                c.upsert(terms, fresh)
+            if old:
+                c.upsert(terms, [{**r, "removed": self.target} for r in old])
+        c.delete(terms, filter=f"kind == 1 and added == {self.target}")
+
     def publish(self) -> Manifest:
+        if self.part is None:
+            self._write_df_changes()
+        self._fold_df_changes()
         counts = MilvusStore(self.db, self.target)
         self.db.flush()
         n = counts.counts()
@@ -586,11 +677,7 @@ class MilvusBuild:
         self.db.publish(manifest)
         self.db.client.delete(self.db.meta, filter='key like "part-%" or key == "build"')
         oldest = self.target - self.config.keep_versions
-        for name in (self.db.documents, self.db.passages, self.db.sentences):
+        for name in self.db.versioned:
             self.db.client.delete(name, filter=f"removed != 0 and removed <= {oldest}")
         return manifest
 
-
-def _writable(rows: list[dict]) -> list[dict]:
-    """Rows as read, ready to upsert: without the BM25 output, which Milvus computes itself."""
-    return [{k: v for k, v in r.items() if k != "sparse"} for r in rows]
