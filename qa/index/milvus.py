@@ -50,6 +50,7 @@ TEXT_CHUNK = 8000  # characters of a document's text per row (VARCHAR limits are
 PAGE = 10_000
 # Milvus answers at most this many rows to one plain query; past it, pages go through an iterator.
 QUERY_WINDOW = 16_384
+DF_CACHE = 500_000  # terms whose document frequency a version keeps in memory once read
 # The collections' layout. Collections are made once and cannot change, so an index made by code
 # with another layout is refused with a way out (schema_problem). 2: BM25 as the project's own
 # sparse weights (below) instead of Milvus's BM25 function.
@@ -376,6 +377,7 @@ class MilvusIndex:
     def __init__(self, db: Milvus, manifest: Manifest, config: Config) -> None:
         self.db, self.manifest, self.config = db, manifest, config
         self.store = MilvusStore(db, manifest.version)
+        self._df: dict[int, int] = {}  # term -> passages holding it, in this version
 
     @property
     def version(self) -> int:
@@ -413,12 +415,15 @@ class MilvusIndex:
         )
 
     def question_weights(self, question: str) -> dict[int, float]:
-        """The question's side of BM25: each term's idf in this version (its passages' side is stored)."""
+        """The question's side of BM25: each term's idf in this version (its passages' side is stored).
+        A version's counts never change, so they are kept once read (0: in no passage)."""
         terms = {term_id(t) for t in _analyzer.question_terms(question)}
-        if not terms:
-            return {}
-        rows = self.store._q(self.db.terms, f"kind == 0 and term in {sorted(terms)}", ["term", "df"])
-        return {r["term"]: float(idf(self.manifest.passages, r["df"])) for r in rows}
+        if missing := sorted(terms - self._df.keys()):
+            if len(self._df) > DF_CACHE:
+                self._df.clear()
+            rows = self.store._q(self.db.terms, f"kind == 0 and term in {missing}", ["term", "df"])
+            self._df.update(dict.fromkeys(missing, 0) | {r["term"]: r["df"] for r in rows})
+        return {t: float(idf(self.manifest.passages, self._df[t])) for t in sorted(terms) if self._df.get(t)}
 
     def sentence_embeddings(self, sentence_ids: list[int]) -> np.ndarray:
         rows = self.store._q(self.db.sentences, f"id in {list(map(int, sentence_ids))}", ["id", "vector"])
