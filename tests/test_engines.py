@@ -229,3 +229,12 @@ def test_milvus_collections_made_with_another_layout_ask_for_a_new_prefix(sample
     fresh = cfg.replace(milvus_prefix="qa2")
     build_index(fresh, embedder)
     assert Pipeline(fresh, embedder).ask(IBM_QUESTION).answers
+
+
+def test_a_passage_without_terms_is_indexed_and_removed(engine: Config, embedder) -> None:
+    build_index(engine, embedder)
+    empty = Document("stop-words", "It", "And then it was so. Was it?")  # nothing BM25 indexes
+    assert build_index(engine, embedder, upserts=[empty], deletes=[]).added == 1
+    assert open_index(engine).store.document("stop-words") is not None
+    assert Pipeline(engine, embedder).ask(IBM_QUESTION).answers
+    assert build_index(engine, embedder, upserts=[], deletes=["stop-words"]).removed == 1

@@ -63,6 +63,11 @@ def term_id(term: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(term, digest_size=4).digest(), "big") >> 1
 
 
+# Milvus refuses an empty sparse vector; a passage with no terms (only stop words, or none) gets
+# this dimension, which no term hashes to and no question asks for.
+NO_TERMS = {1 << 31: 1.0}
+
+
 _clients: dict[tuple[str, str], Any] = {}
 _clients_lock = threading.Lock()
 _loaded: set[tuple[str, str]] = set()  # (uri, prefix) whose collections this process has loaded
@@ -536,7 +541,8 @@ class MilvusBuild:
             if name == self.db.passages:
                 for r in rows:
                     for term in r["sparse"]:
-                        self.df_changes[int(term)] = self.df_changes.get(int(term), 0) - 1
+                        if int(term) not in NO_TERMS:
+                            self.df_changes[int(term)] = self.df_changes.get(int(term), 0) - 1
             for k in range(0, len(rows), 1000):
                 self.db.client.upsert(name, [{**r, "removed": self.target} for r in rows[k : k + 1000]])
 
@@ -557,7 +563,7 @@ class MilvusBuild:
             weights[key] = weights.get(key, 0.0) + weight
         for key in weights:
             self.df_changes[key] = self.df_changes.get(key, 0) + 1
-        return weights
+        return weights or NO_TERMS
 
     def add(self, doc: Document, passages: list, vectors: np.ndarray, sentence_vectors: list[np.ndarray]) -> None:
         v, dummy = self.target, [0.0, 0.0]
