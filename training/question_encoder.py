@@ -391,7 +391,7 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train")
     t.add_argument("--out", default=str(QUESTION_WEIGHTS))
     t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--lr", type=float, default=3e-5)
+    t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--batch", type=int, default=64)
     t.add_argument("--scale", type=float, default=20.0, help="cosine -> logit (1 / temperature)")
     t.add_argument("--sentence-weight", type=float, default=1.0, help="weight of the loss over sentences")
