@@ -100,7 +100,12 @@ def main() -> None:
         return [int(h["id"]) for h in hits]
 
     qs = questions(args.questions)
-    out: dict = {"passages": len(rows), "questions": len(qs)}
+    out: dict = {
+        "passages": len(rows),
+        "questions": len(qs),
+        "terms_per_passage": round(float(np.mean([len(w) for w in sparse])), 1),
+        "distinct_terms": len(df),
+    }
     for name in collections:
         times, shared, first = [], [], []
         for repeat in range(2):  # the second pass is measured
