@@ -208,6 +208,21 @@ def test_trained_reader_answers_on_the_sample(sample_index, embedder):
     _check_answers(why, sample_index)
 
 
+@shipped
+def test_why_questions_go_to_the_reader_that_why_reader_names(sample_index, embedder):
+    from qa.readers.sentence import SentenceReader
+
+    def spans(reader) -> list[tuple[str, int]]:
+        return [(a.text, a.document_start) for a in Pipeline(sample_index, embedder, reader=reader).ask(IBM_QUESTION).answers]
+
+    sentence = spans(SentenceReader(sample_index))
+    assert sentence
+    assert spans(SpanReader(sample_index)) == sentence  # the default: reason clauses
+    assert spans(SpanReader(sample_index.replace(why_reader="span"))) != sentence
+    with pytest.raises(ValueError, match="why reader"):
+        SpanReader(sample_index.replace(why_reader="both"))
+
+
 def test_threads_tokenize_at_once_without_mixing_settings():
     """transformers' fast tokenizer sets padding and truncation on the shared Rust tokenizer at
     each call; under load, a question's batch came back unpadded (a 500 in the HTTP benchmark)."""

@@ -2,6 +2,7 @@
 
     python -m training.calibrate fit [--limit N]                 # writes qa/reader_weights/calibration.json
     python -m training.calibrate report [--set squad] [--limit N] [--mode open|gold]
+    python -m training.calibrate tune [--limit N] [--margins 0,-1,-2,-4]  # chooses QA_SPAN_NULL_MARGIN, QA_ANSWER_THRESHOLD
 
 `fit` asks the calibration fold of `squad11_train` (articles with md5(title) % 40 == 0, never trained
 on) through the service's own path (open mode: retrieval over the fold's paragraphs, then the span
@@ -85,6 +86,60 @@ def collect(config: Config, paragraphs: Path, questions: list[dict], mode: str) 
     return out
 
 
+def hard_questions(paragraphs: Path, questions: list[dict]) -> list[dict]:
+    """SQuAD 2.0-style unanswerable twins: the question's key year, number or name swapped for another
+    of its article's that its paragraph does not hold (`swap_key_term`), to be asked of that paragraph."""
+    by_paragraph = {p["id"]: p for p in read_jsonl(paragraphs)}
+    articles: dict[str, str] = {}
+    for p in by_paragraph.values():
+        articles[p.get("title") or p["id"]] = articles.get(p.get("title") or p["id"], "") + "\n" + p["context"]
+    rng = random.Random(SEED)
+    hard = []
+    for q in questions:
+        p = by_paragraph[q["context_id"]]
+        swapped = swap_key_term(q["question"], articles[p.get("title") or p["id"]], p["context"], rng)
+        if swapped is not None:
+            hard.append({**q, "id": q["id"] + "-swapped", "question": swapped, "answers": [], "is_impossible": True})
+    return hard
+
+
+def policy(gold_rows: list[dict], cal: Calibration, threshold: float) -> dict:
+    """What a threshold does in gold mode: answerable F1 of the top answer (withheld = 0), the share
+    answered, and the share of hard unanswerable questions that get no answer."""
+    answerable = [r for r in gold_rows if not r["impossible"]]
+    impossible = [r for r in gold_rows if r["impossible"]]
+
+    def top(r: dict) -> dict | None:
+        c = r["candidates"][0] if r["candidates"] else None
+        return c if c is not None and cal.probability(*c["features"]) >= threshold else None
+
+    return {
+        "threshold": threshold,
+        "answerable_gold_f1": round(sum((top(r) or {"f1": 0.0})["f1"] for r in answerable) / max(1, len(answerable)), 4),
+        "answerable_answered": round(sum(top(r) is not None for r in answerable) / max(1, len(answerable)), 4),
+        "hard_unanswerable_no_answer": round(sum(top(r) is None for r in impossible) / max(1, len(impossible)), 4),
+    }
+
+
+def fold_questions(data: Path, limit: int) -> list[dict]:
+    questions = load_questions(data, "calibration")
+    if limit:
+        questions = random.Random(SEED).sample(questions, min(limit, len(questions)))
+    return [{**q, "answers": [{"text": t} for t in q["answers"]]} for q in questions]
+
+
+def fit_rows(rows: list[dict], mode: str) -> Calibration:
+    x = np.array([c["features"] for r in rows for c in r["candidates"]])
+    y = np.array([c["em"] for r in rows for c in r["candidates"]])
+    weights, bias = fit(x, y)
+    return Calibration(
+        weights,
+        bias,
+        f"squad11_train calibration fold, {mode} mode: {len(rows)} questions, {len(y)} answers",
+        {"mode": mode, "questions": len(rows), "answers": int(len(y))},
+    )
+
+
 def write_set(questions: list[dict], folder: Path) -> Path:
     """Questions of `load_questions` in the qa eval format: (paragraphs file), questions returned in place."""
     paragraphs = {q["context_id"]: {"id": q["context_id"], "title": q["title"], "context": q["paragraph"]} for q in questions}
@@ -94,24 +149,15 @@ def write_set(questions: list[dict], folder: Path) -> Path:
 
 
 def cmd_fit(args) -> None:
-    questions = load_questions(Path(args.data), "calibration")
-    if args.limit:
-        questions = random.Random(SEED).sample(questions, min(args.limit, len(questions)))
+    questions = fold_questions(Path(args.data), args.limit)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "calibration_fold"
         folder.mkdir()
-        paragraphs = write_set(questions, folder)
-        qs = [{**q, "answers": [{"text": t} for t in q["answers"]]} for q in questions]
-        rows = collect(Config.load(), paragraphs, qs, args.mode)
+        rows = collect(Config.load(), write_set(questions, folder), questions, args.mode)
+    cal = fit_rows(rows, args.mode)
+    weights, bias = cal.weights, cal.bias
     x = np.array([c["features"] for r in rows for c in r["candidates"]])
     y = np.array([c["em"] for r in rows for c in r["candidates"]])
-    weights, bias = fit(x, y)
-    cal = Calibration(
-        weights,
-        bias,
-        f"squad11_train calibration fold, {args.mode} mode: {len(rows)} questions, {len(y)} answers",
-        {"mode": args.mode, "questions": len(rows), "answers": int(len(y))},
-    )
     before, ece_before = reliability(1 / (1 + np.exp(-x[:, 0])), y)
     after, ece_after = reliability(np.array([cal.probability(*f) for f in x]), y)
     cal.save(Path(args.out))
@@ -151,39 +197,40 @@ def cmd_report(args) -> None:
         report[f"{which}_reliability_sigmoid"] = reliability(raw, y)[0]
     # What the threshold costs answerable questions (F1 of the top answer, withheld when below it),
     # and the hard unanswerable probe in gold mode: the share that gets no answer.
-    by_paragraph = {p["id"]: p for p in read_jsonl(paragraphs)}
-    articles: dict[str, str] = {}
-    for p in by_paragraph.values():
-        articles[p.get("title") or p["id"]] = articles.get(p.get("title") or p["id"], "") + "\n" + p["context"]
-    rng = random.Random(SEED)
-    hard = []
-    for q in questions:
-        p = by_paragraph[q["context_id"]]
-        swapped = swap_key_term(q["question"], articles[p.get("title") or p["id"]], p["context"], rng)
-        if swapped is not None:
-            hard.append({**q, "id": q["id"] + "-swapped", "question": swapped, "answers": [], "is_impossible": True})
+    hard = hard_questions(paragraphs, questions)
     gold_rows = collect(config, paragraphs, questions + hard, "gold")
-    thresholds = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
-    table = []
-    for t in thresholds:
-        answerable = [r for r in gold_rows if not r["impossible"]]
-        impossible = [r for r in gold_rows if r["impossible"]]
-
-        def top(r: dict, t: float = t) -> dict | None:
-            c = r["candidates"][0] if r["candidates"] else None
-            return c if c is not None and cal.probability(*c["features"]) >= t else None
-
-        f1 = sum((top(r) or {"f1": 0.0})["f1"] for r in answerable) / max(1, len(answerable))
-        table.append(
-            {
-                "threshold": t,
-                "answerable_gold_f1": round(f1, 4),
-                "answerable_answered": round(sum(top(r) is not None for r in answerable) / max(1, len(answerable)), 4),
-                "hard_unanswerable_no_answer": round(sum(top(r) is None for r in impossible) / max(1, len(impossible)), 4),
-            }
-        )
+    table = [policy(gold_rows, cal, t) for t in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)]
     report["hard_unanswerable_questions"] = len(hard)
     report["threshold_table_gold"] = table
+    print(json.dumps(report, indent=1))
+
+
+def cmd_tune(args) -> None:
+    """Choose the no-answer margin and the threshold on the calibration fold (never trained on): for
+    each margin the calibration is refitted (open mode) and every threshold measured in gold mode, on
+    the fold's questions and their hard unanswerable twins. The cost of a policy is the answerable F1
+    it loses against never abstaining (margin -100, threshold 0)."""
+    questions = fold_questions(Path(args.data), args.limit)
+    base = Config.load()
+    margins = sorted({*(float(m) for m in args.margins.split(",")), -100.0}, reverse=True)
+    thresholds = [round(0.05 * i, 2) for i in range(13)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "calibration_fold"
+        folder.mkdir()
+        paragraphs = write_set(questions, folder)
+        hard = hard_questions(paragraphs, questions)
+        for margin in margins:
+            config = base.replace(span_null_margin=margin)
+            cal = fit_rows(collect(config, paragraphs, questions, "open"), "open")
+            gold = collect(config, paragraphs, questions + hard, "gold")
+            rows += [{"margin": margin, **policy(gold, cal, t)} for t in thresholds]
+    never = next(r for r in rows if r["margin"] == -100.0 and r["threshold"] == 0.0)["answerable_gold_f1"]
+    for r in rows:
+        r["cost"] = round(never - r["answerable_gold_f1"], 4)
+    holding = [r for r in rows if r["hard_unanswerable_no_answer"] >= args.no_answer]
+    best = min(holding, key=lambda r: (r["cost"], -r["hard_unanswerable_no_answer"])) if holding else None
+    report = {"questions": len(questions), "hard": len(hard), "never_abstaining_f1": never, "policies": rows, "chosen": best}
     print(json.dumps(report, indent=1))
 
 
@@ -200,8 +247,13 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--set", choices=("squad", "squad13", "rtqa"), default="squad")
     r.add_argument("--mode", choices=("open", "gold"), default="open")
     r.add_argument("--limit", type=int, default=0)
+    u = sub.add_parser("tune")
+    u.add_argument("--data", default=str(DATA))
+    u.add_argument("--limit", type=int, default=0)
+    u.add_argument("--margins", default="0,-1,-2,-4", help="no-answer margins to try (-100, never abstaining, is always tried)")
+    u.add_argument("--no-answer", type=float, default=0.70, help="the least no-answer accuracy a chosen policy must hold")
     args = ap.parse_args(argv)
-    cmd_fit(args) if args.cmd == "fit" else cmd_report(args)
+    {"fit": cmd_fit, "report": cmd_report, "tune": cmd_tune}[args.cmd](args)
 
 
 if __name__ == "__main__":

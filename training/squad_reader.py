@@ -274,6 +274,7 @@ def signature(args, n_feats: int) -> str:
         "other_paragraph",
         "hard",
         "limit",
+        "init",
     )
     return hashlib.sha256(json.dumps([n_feats, *[getattr(args, k) for k in keys]]).encode()).hexdigest()[:16]
 
@@ -309,6 +310,13 @@ def cmd_train(args) -> None:
 
     torch.manual_seed(args.seed)
     model = BertForQuestionAnswering.from_pretrained(base).to(device)
+    if args.init:
+        # Another pass over the data, with a schedule of its own, on top of weights already trained.
+        from safetensors.torch import load_file
+
+        start = load_file(str(Path(args.init) / TOP_FILE))
+        model.load_state_dict({k: v.float() for k, v in start.items()}, strict=False)
+        print(f"starting from {Path(args.init) / TOP_FILE}", flush=True)
     for p in model.parameters():
         p.requires_grad_(False)
     layers = list(model.bert.encoder.layer)
@@ -411,6 +419,7 @@ def cmd_train(args) -> None:
         "command": "python -m training.squad_reader train " + " ".join(args.argv),
         "seed": args.seed,
         "epochs": args.epochs,
+        "continued_from": _previous_runs(args.init),
         "lr": args.lr,
         "head_lr": args.head_lr,
         "layer_decay": args.layer_decay,
@@ -427,6 +436,16 @@ def cmd_train(args) -> None:
     }
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     print(f"saved {out_dir / TOP_FILE}; trained {trained_s:.0f}s, wall {time.time() - started:.0f}s", flush=True)
+
+
+def _previous_runs(init: str) -> list[dict]:
+    """The runs the --init weights came from, oldest first: reader.json tells how the weights were made."""
+    if not init or not (Path(init) / META_FILE).exists():
+        return []
+    before = json.loads((Path(init) / META_FILE).read_text())
+    earlier = before.pop("continued_from", [])
+    keep = ("command", "seed", "epochs", "lr", "train_questions", "train_windows", "device", "train_s")
+    return [*earlier, {k: before[k] for k in keep if k in before}]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -461,6 +480,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto (cuda when torch sees one), cpu, cuda")
     t.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     t.add_argument("--seed", type=int, default=SEED)
+    t.add_argument("--init", default="", help="start from the reader weights in this folder (another pass, a new schedule)")
     return ap
 
 

@@ -662,6 +662,7 @@ def evaluate_reader(config: Config, paragraphs_path: Path, questions: list[dict]
 
 
 def cmd_eval(args) -> None:
+    from qa.readers.base import is_why
     from qa.readers.sentence import SentenceReader
     from qa.readers.span import SpanReader
 
@@ -681,6 +682,8 @@ def cmd_eval(args) -> None:
     if args.titles:  # e.g. half the held-out articles, to choose a setting there and check it on the rest
         keep = {p["id"] for p in read_jsonl(paragraphs) if p.get("title") in args.titles.split(",")}
         questions = [q for q in questions if q["context_id"] in keep]
+    if args.why_only:
+        questions = [q for q in questions if is_why(q["question"])]
     if args.limit:
         questions = random.Random(SEED).sample(questions, min(args.limit, len(questions)))
     if args.unanswerable:
@@ -736,6 +739,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--limit", type=int, default=0)
     e.add_argument("--titles", default="", help="only the held-out questions of these articles (comma-separated)")
     e.add_argument("--unanswerable", action="store_true", help="also ask each question of another paragraph of its article (SQuAD 2 style)")
+    e.add_argument("--why-only", action="store_true", help="only why-questions (QA_WHY_READER says which reader answers them)")
     e.add_argument("--context-tokens", type=int)
     e.add_argument("--max-tokens", type=int)
     e.add_argument("--null-margin", type=float)

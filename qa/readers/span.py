@@ -58,6 +58,7 @@ PRECISIONS = ("int8", "float")
 FLOAT_MATMULS = r"/layer\.\d+/output/dense/"
 
 _torch_lock = threading.Lock()
+WHY_READERS = ("sentence", "span")
 log = logging.getLogger(__name__)
 
 
@@ -294,6 +295,8 @@ class SpanReader:
     def __init__(self, config: Config, model=None, tokenizer=None) -> None:
         if config.reader_precision not in PRECISIONS:
             raise ValueError(f"reader precision {config.reader_precision!r} is not one of {', '.join(PRECISIONS)}")
+        if config.why_reader not in WHY_READERS:
+            raise ValueError(f"why reader {config.why_reader!r} is not one of {', '.join(WHY_READERS)}")
         self.config = config
         self.why_reader = SentenceReader(config)
         if model is not None:
@@ -409,7 +412,7 @@ class SpanReader:
     def read(
         self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
     ) -> list[Answer]:
-        if is_why(question):
+        if is_why(question) and self.config.why_reader == "sentence":
             # The span head learnt SQuAD's short answers and marks reasons poorly; the sentence
             # reader's reason clauses answer them better (docs/reader.md).
             return self.why_reader.read(question, question_vector, index, hits, rows)
