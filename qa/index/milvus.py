@@ -51,6 +51,8 @@ TEXT_CHUNK = 8000  # characters of a document's text per row (VARCHAR limits are
 PAGE = 10_000
 # Milvus answers at most this many rows to one plain query; past it, pages go through an iterator.
 QUERY_WINDOW = 16_384
+# The dense vectors' index, by QA_MILVUS_INDEX: Milvus Lite offers FLAT and IVF_FLAT, a server HNSW too.
+INDEX_PARAMS: dict[str, dict] = {"IVF_FLAT": {"nlist": 1024}, "FLAT": {}, "HNSW": {"M": 16, "efConstruction": 200}}
 WRITE_BATCH = 1000  # rows per upsert call
 SENTENCE_PROBE = 24  # sentence ids tried per passage (news_2022: 2.0 sentences a passage on average)
 DF_CACHE = 500_000  # terms whose document frequency a version keeps in memory once read
@@ -132,6 +134,7 @@ class Milvus:
         p = config.milvus_prefix
         self.meta, self.documents, self.passages, self.sentences = f"{p}_meta", f"{p}_documents", f"{p}_passages", f"{p}_sentences"
         self.terms = f"{p}_terms"
+        self._index_types: dict[str, str] = {}
         self._load()
 
     def _load(self) -> None:
@@ -209,10 +212,13 @@ class Milvus:
                 schema.add_field(*field[:2], **(field[2] if len(field) > 2 else {}))
             index = c.prepare_index_params()
             for field, kind, metric in vectors:
-                index.add_index(field, index_type=kind, metric_type=metric)
+                index.add_index(field, index_type=kind, metric_type=metric, params=INDEX_PARAMS.get(kind, {}))
             c.create_collection(name, schema=schema, index_params=index)
 
         version = [("added", DataType.INT64), ("removed", DataType.INT64)]
+        dense = self.config.milvus_index
+        if dense not in INDEX_PARAMS:
+            raise IndexProblem(f"QA_MILVUS_INDEX {dense!r} is not one of {', '.join(INDEX_PARAMS)}")
         text = {"max_length": 65535}
         short = {"max_length": 1024}
         create(
@@ -260,7 +266,7 @@ class Milvus:
                 *version,
                 ("vector", DataType.FLOAT_VECTOR, {"dim": dimension}),
             ],
-            [("vector", "FLAT", "IP"), ("sparse", "SPARSE_INVERTED_INDEX", "IP")],
+            [("vector", dense, "IP"), ("sparse", "SPARSE_INVERTED_INDEX", "IP")],
         )
         create(
             self.sentences,
@@ -276,7 +282,7 @@ class Milvus:
                 *version,
                 ("vector", DataType.FLOAT_VECTOR, {"dim": dimension}),
             ],
-            [("vector", "FLAT", "IP")],
+            [("vector", dense, "IP")],
         )
         # BM25's document frequencies: per version, one row per term (kind 0); a build's workers
         # write their changes (kind 1), which publishing folds into the totals.
@@ -289,6 +295,19 @@ class Milvus:
         )
         if fresh:
             self.set_meta("schema", {"version": SCHEMA})
+
+    def search_params(self, collection: str, limit: int) -> dict:
+        """How to search a collection's dense vectors, for the index it was made with (read once:
+        QA_MILVUS_INDEX only applies to collections made after it was set)."""
+        if collection not in self._index_types:
+            found = self.client.describe_index(collection, "vector") or {}
+            self._index_types[collection] = str(found.get("index_type", "FLAT"))
+        kind = self._index_types[collection]
+        if kind == "IVF_FLAT":
+            return {"metric_type": "IP", "params": {"nprobe": self.config.milvus_nprobe}}
+        if kind == "HNSW":
+            return {"metric_type": "IP", "params": {"ef": max(limit, self.config.milvus_nprobe * 4)}}
+        return {"metric_type": "IP"}
 
     def write(self, collection: str, rows: list[dict]) -> None:
         """Upserts in calls of WRITE_BATCH rows: Milvus Lite 2.5 takes a call of 8,000 passage rows
@@ -441,9 +460,25 @@ class MilvusIndex:
         weights = self.question_weights(question)
         # The three searches are independent: in flight together, a question waits for the slowest.
         searches = _searches()
-        dense = searches.submit(c.search, self.db.passages, data=q, anns_field="vector", limit=n, filter=expr, output_fields=["id"], search_params=ip)
+        dense = searches.submit(
+            c.search,
+            self.db.passages,
+            data=q,
+            anns_field="vector",
+            limit=n,
+            filter=expr,
+            output_fields=["id"],
+            search_params=self.db.search_params(self.db.passages, n),
+        )
         sent = searches.submit(
-            c.search, self.db.sentences, data=q, anns_field="vector", limit=n * 3, filter=expr, output_fields=["passage_id"], search_params=ip
+            c.search,
+            self.db.sentences,
+            data=q,
+            anns_field="vector",
+            limit=n * 3,
+            filter=expr,
+            output_fields=["passage_id"],
+            search_params=self.db.search_params(self.db.sentences, n * 3),
         )
         lexical = (
             searches.submit(c.search, self.db.passages, data=[weights], anns_field="sparse", limit=n, filter=expr, output_fields=["id"], search_params=ip)
