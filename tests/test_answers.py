@@ -31,6 +31,16 @@ def test_ibm_question_gives_the_reasons_not_the_headline(sample_pipeline):
     assert [a.score for a in result.answers] == sorted((a.score for a in result.answers), reverse=True)
 
 
+def test_reason_clauses_leave_the_attribution_out(sample_pipeline):
+    from qa.readers.sentence import answer_span
+
+    texts = [a.text for a in sample_pipeline.ask(IBM_QUESTION).answers]
+    assert texts and not any(t.endswith(("reported", "said in an email")) for t in texts), texts
+    kept = "Ships waited because the port, which he said was late, closed on Monday, officials said."
+    start, end = answer_span("Why did ships wait?", kept, set(), why=True)
+    assert kept[start:end] == "because the port, which he said was late, closed on Monday"
+
+
 def test_answer_offsets_point_at_the_text(sample_pipeline, sample_index):
     from qa.index import open_index
 

@@ -34,6 +34,14 @@ _CAUSE = re.compile(
     r"trying to|tried to|demanded|in a bid to|as part of|owing to|thanks to)\b",
     re.IGNORECASE,
 )
+# A trailing attribution (", Bloomberg reported", ", IBM said in an email", ", according to X") is
+# not part of a reason; a relative clause (", which he said was late") is kept.
+_ATTRIBUTION = re.compile(
+    r",\s*(?!(?:which|that|who|whom|whose|where|when|while|as)\b)"
+    r"(?:according to\b[^,;]*|[^,;]{1,60}?\b(?:said|says|reported|reports|told|added|noted|stated|announced|wrote|confirmed)\b[^,;]*)"
+    r"[\s.;:]*$",
+    re.IGNORECASE,
+)
 _MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
 _NUMBER = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|million|billion)\b", re.I)
 _DAYS = "monday|tuesday|wednesday|thursday|friday|saturday|sunday"
@@ -135,7 +143,8 @@ def answer_span(question: str, sentence: str, q_stems: set[str], why: bool) -> t
     if why:
         m = _CAUSE.search(sentence)
         start = m.start() if m else 0
-        return _clause(sentence, start, len(sentence))
+        tail = _ATTRIBUTION.search(sentence, start)
+        return _clause(sentence, start, tail.start() if tail and tail.start() > start else len(sentence))
     tokens = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(sentence)]
     if not tokens:
         return 0, len(sentence)

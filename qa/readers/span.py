@@ -295,8 +295,9 @@ class SpanReader:
     def __init__(self, config: Config, model=None, tokenizer=None) -> None:
         if config.reader_precision not in PRECISIONS:
             raise ValueError(f"reader precision {config.reader_precision!r} is not one of {', '.join(PRECISIONS)}")
-        if config.why_reader not in WHY_READERS:
-            raise ValueError(f"why reader {config.why_reader!r} is not one of {', '.join(WHY_READERS)}")
+        names = [n.strip() for n in config.why_reader.split(",")]
+        if not names or any(n not in WHY_READERS for n in names):
+            raise ValueError(f"why reader {config.why_reader!r}: name {' or '.join(WHY_READERS)}, or both in the order to try them")
         self.config = config
         self.why_reader = SentenceReader(config)
         if model is not None:
@@ -412,10 +413,20 @@ class SpanReader:
     def read(
         self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
     ) -> list[Answer]:
-        if is_why(question) and self.config.why_reader == "sentence":
-            # The span head learnt SQuAD's short answers and marks reasons poorly; the sentence
-            # reader's reason clauses answer them better (docs/reader.md).
-            return self.why_reader.read(question, question_vector, index, hits, rows)
+        if is_why(question):
+            # Why-questions go to the readers `why_reader` names, in turn, until one answers: the
+            # span head answers most of them better, the sentence reader's reason clauses cover
+            # what it withholds (docs/reader.md).
+            for name in self.config.why_reader.split(","):
+                read = self.why_reader.read if name.strip() == "sentence" else self._read_spans
+                if answers := read(question, question_vector, index, hits, rows):
+                    return answers
+            return []
+        return self._read_spans(question, question_vector, index, hits, rows)
+
+    def _read_spans(
+        self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
+    ) -> list[Answer]:
         answers: list[Answer] = []
         for answer, features in self.candidates(question, question_vector, index, hits, rows):
             if len(answers) >= self.config.max_answers:
