@@ -90,9 +90,10 @@ class Config:
     read_passages: int = setting(8, "Passages the reader looks at")
     max_answers: int = setting(5, "Most answers returned")
     answer_threshold: float = setting(
-        0.3,
-        "Answers less likely than this to be right are withheld (then no_answer is true)",
+        0.15,
+        "Span reader: answers less likely than this to be right are withheld (then no_answer is true)",
     )
+    sentence_threshold: float = setting(0.3, "Sentence reader: answers scoring below this are withheld (its score is a heuristic)")
     reader_model: str = setting(
         "",
         "Span reader model: empty for the shipped one, or QA models' names or folders (comma-separated: an ensemble)",
@@ -103,7 +104,7 @@ class Config:
     span_stride: int = setting(64, "Overlap of those windows, in tokens")
     reader_precision: str = setting("int8", "The span reader's weights on the ONNX backends: int8 or float")
     why_reader: str = setting("span,sentence", "Why-questions, span reader on: span, sentence (reason clauses), or both in the order tried")
-    span_null_margin: float = setting(0.0, "A span is withheld unless its logit beats the no-answer logit by more than this")
+    span_null_margin: float = setting(-3.0, "A span is withheld unless its logit beats the no-answer logit by more than this")
     span_passage_weight: float = setting(40.0, "Logits a span loses per unit of retrieval score below the best passage")
     reader_threads: int = setting(1, "Threads for the span reader on torch (0: torch's default)")
     reader_weight_cosine: float = setting(0.45, "Sentence reader: weight of a sentence's cosine with the question")

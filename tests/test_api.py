@@ -1,5 +1,6 @@
 """The JSON API through the real application (TestClient), including every documented error."""
 
+import re
 import shutil
 import time
 
@@ -184,7 +185,7 @@ def test_no_index_is_503(config, embedder):
 
 def test_web_page_renders_escaped_answers(client):
     page = client.get("/", params={"q": IBM_QUESTION}).text
-    assert "<mark>after the Chinese company tried to lure away customers" in page
+    assert re.search(r"<mark>[^<]*lure away customers", page)  # the answer marked inside its sentence
     assert "2014-08-23" in page and "IBM enters into partnership" in page
     page = client.get("/", params={"q": "<script>alert(1)</script>"}).text
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page

@@ -106,7 +106,7 @@ class SentenceReader:
         seen: set[tuple[str, int]] = set()
         for c in candidates:
             score = max(0.0, min(1.0, c.score))
-            if len(answers) >= self.config.max_answers or score < self.config.answer_threshold:
+            if len(answers) >= self.config.max_answers or score < self.config.sentence_threshold:
                 break
             row = c.passage
             key = (row.document_id, row.start + c.sentence_start)
