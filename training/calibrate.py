@@ -199,7 +199,7 @@ def cmd_report(args) -> None:
     # and the hard unanswerable probe in gold mode: the share that gets no answer.
     hard = hard_questions(paragraphs, questions)
     gold_rows = collect(config, paragraphs, questions + hard, "gold")
-    table = [policy(gold_rows, cal, t) for t in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)]
+    table = [policy(gold_rows, cal, t) for t in sorted({0.0, 0.1, 0.2, 0.3, 0.4, 0.5, config.answer_threshold})]
     report["hard_unanswerable_questions"] = len(hard)
     report["threshold_table_gold"] = table
     print(json.dumps(report, indent=1))
