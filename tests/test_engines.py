@@ -239,3 +239,34 @@ def test_a_passage_without_terms_is_indexed_and_removed(engine: Config, embedder
     assert open_index(engine).store.document("stop-words") is not None
     assert Pipeline(engine, embedder).ask(IBM_QUESTION).answers
     assert build_index(engine, embedder, upserts=[], deletes=["stop-words"]).removed == 1
+
+
+@pytest.mark.parametrize("probe", [24, 1])
+def test_milvus_reads_by_search_and_by_key_agree_with_the_files(sample_config: Config, tmp_path, embedder, monkeypatch, probe) -> None:
+    """Milvus Lite reads passages and sentences through filtered searches, a server by primary key
+    (SENTENCE_PROBE 1 makes every passage take the scanning fallback)."""
+    from qa.index import milvus
+
+    monkeypatch.setattr(milvus, "SENTENCE_PROBE", probe)
+    cfg = sample_config.replace(milvus_uri=str(tmp_path / "milvus.db"))
+    build_index(sample_config, embedder)
+    build_index(cfg, embedder)
+    build_index(cfg, embedder, upserts=[Document("extra", "Extra", "One sentence here. Another one there. A third to end.")], deletes=[])
+    build_index(
+        sample_config, embedder, upserts=[Document("extra", "Extra", "One sentence here. Another one there. A third to end.")], deletes=[]
+    )
+
+    def read(cfg: Config) -> dict[tuple[str, int], tuple]:
+        store = open_index(cfg).store
+        ids = [i for d in store.documents(0, 100) for i in store.document_passage_ids(d["id"])]
+        passages, sentences = store.passages(ids), store.sentences(ids)
+        assert len(passages) == len(ids) and all(sentences.values())
+        return {
+            (p.document_id, p.ordinal): (p.start, p.end, p.text, p.title, [(s.start, s.end) for s in sentences[p.id]])
+            for p in passages.values()
+        }
+
+    by_search = read(cfg)
+    monkeypatch.setattr(milvus.Milvus, "lite", property(lambda self: False))
+    assert read(cfg) == by_search == read(sample_config)
+    assert sum(len(v[-1]) for v in by_search.values()) > len(by_search)  # passages of several sentences

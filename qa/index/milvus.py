@@ -51,6 +51,7 @@ TEXT_CHUNK = 8000  # characters of a document's text per row (VARCHAR limits are
 PAGE = 10_000
 # Milvus answers at most this many rows to one plain query; past it, pages go through an iterator.
 QUERY_WINDOW = 16_384
+SEARCH_LIMIT = 16_384  # the most hits one search returns
 # The dense vectors' index, by QA_MILVUS_INDEX: Milvus Lite offers FLAT and IVF_FLAT, a server HNSW too.
 INDEX_PARAMS: dict[str, dict] = {"IVF_FLAT": {"nlist": 1024}, "FLAT": {}, "HNSW": {"M": 16, "efConstruction": 200}}
 WRITE_BATCH = 1000  # rows per upsert call
@@ -135,6 +136,7 @@ class Milvus:
         self.meta, self.documents, self.passages, self.sentences = f"{p}_meta", f"{p}_documents", f"{p}_passages", f"{p}_sentences"
         self.terms = f"{p}_terms"
         self._index_types: dict[str, str] = {}
+        self._probes: dict[str, tuple[str, list[float]]] = {}
         self._load()
 
     def _load(self) -> None:
@@ -150,6 +152,22 @@ class Milvus:
                     self.client.load_collection(name)
             if len(names) == 5:
                 _loaded.add(key)
+
+    @property
+    def lite(self) -> bool:
+        """Milvus Lite in a local file, rather than a server."""
+        return self.config.milvus_uri.endswith(".db")
+
+    def probe(self, collection: str) -> tuple[str, list[float]]:
+        """A collection's vector field and a query vector for searches that only filter: any
+        vector will do, the filter chooses the rows."""
+        if collection not in self._probes:
+            from pymilvus import DataType
+
+            fields = self.client.describe_collection(collection)["fields"]
+            field = next(f for f in fields if f["type"] == DataType.FLOAT_VECTOR)
+            self._probes[collection] = (field["name"], [1.0] + [0.0] * (int(field["params"]["dim"]) - 1))
+        return self._probes[collection]
 
     @property
     def versioned(self) -> tuple[str, ...]:
@@ -346,35 +364,58 @@ class MilvusStore:
         return rows if len(rows) < QUERY_WINDOW else self.db.rows(collection, expr, fields)
 
     def by_ids(self, collection: str, ids: list[int], fields: list[str]) -> list[dict]:
-        """Rows of this version by primary key: a point read, where a filtered query scans the
-        collection (Milvus Lite scans every row of it, in Python)."""
+        """Rows of this version by primary key: a point read on a server (its segments index their
+        keys), where a filtered query scans the collection."""
         if not ids:
             return []
         rows = self.db.client.get(collection, ids=[int(i) for i in ids], output_fields=[*fields, "added", "removed"])
         v = self.version
         return [r for r in rows if r["added"] <= v and (r["removed"] == 0 or r["removed"] > v)]
 
+    def searched(self, collection: str, expr: str, fields: list[str], most: int) -> list[dict]:
+        """Rows of this version matching `expr`, at most `most`, by a search that only filters.
+        Milvus Lite's reads: it keeps a collection in one growing segment with no primary-key index,
+        so a get or a query scans the rows up to the last match (news_2022: 20 passages 37 ms, their
+        sentences 73 ms), where a search filtered to them takes 4 and 15 ms (docs/scale-out.md)."""
+        field, vector = self.db.probe(collection)
+        hits = self.db.client.search(
+            collection, data=[vector], anns_field=field, limit=most, filter=f"({expr}) and {self.live}", output_fields=fields
+        )[0]
+        return [{**h["entity"], "id": h["id"]} for h in hits]
+
     def passages(self, ids: list[int]) -> dict[int, PassageRow]:
         if not ids:
             return {}
         fields = ["id", "document_id", "ordinal", "start", "end", "text", "title", "date", "url", "source"]
-        rows = self.by_ids(self.db.passages, ids, fields)
+        if self.db.lite:
+            rows = self.searched(self.db.passages, f"id in {[int(i) for i in ids]}", fields, len(set(ids)))
+            found = {r["id"] for r in rows}
+            rows += self.by_ids(self.db.passages, [i for i in ids if i not in found], fields)
+        else:
+            rows = self.by_ids(self.db.passages, ids, fields)
         return {r["id"]: PassageRow(*[r[f] or (None if f in ("date", "url", "source") else r[f]) for f in fields]) for r in rows}
 
     def sentences(self, passage_ids: list[int]) -> dict[int, list[SentenceRow]]:
-        """The passages' sentences and their vectors, read by primary key in one call: a sentence's id
-        is a hash of its passage's id and its position (`sentence_id`), so the first SENTENCE_PROBE
-        ids of each passage are tried at once; a passage with more is scanned for."""
+        """The passages' sentences and their vectors, in one call. On Milvus Lite a search filtered
+        to the passages (see `searched`); on a server a get: a sentence's id is a hash of its
+        passage's id and its position (`sentence_id`), so the first SENTENCE_PROBE ids of each
+        passage are tried at once. A passage that may have more is scanned for."""
         out: dict[int, list[SentenceRow]] = {pid: [] for pid in passage_ids}
         if not passage_ids:
             return out
         fields = ["id", "passage_id", "ordinal", "start", "end", "vector"]
-        probes = [sentence_id(pid, k) for pid in passage_ids for k in range(SENTENCE_PROBE)]
-        rows = self.by_ids(self.db.sentences, probes, fields)
-        counts: dict[int, int] = {}
-        for r in rows:
-            counts[r["passage_id"]] = counts.get(r["passage_id"], 0) + 1
-        if more := [pid for pid in passage_ids if counts.get(pid, 0) in (0, SENTENCE_PROBE)]:
+        if self.db.lite:
+            most = min(SENTENCE_PROBE * len(out), SEARCH_LIMIT)
+            rows = self.searched(self.db.sentences, f"passage_id in {[int(i) for i in out]}", fields, most)
+            more = list(out) if len(rows) == most else []
+        else:
+            probes = [sentence_id(pid, k) for pid in out for k in range(SENTENCE_PROBE)]
+            rows = self.by_ids(self.db.sentences, probes, fields)
+            counts: dict[int, int] = {}
+            for r in rows:
+                counts[r["passage_id"]] = counts.get(r["passage_id"], 0) + 1
+            more = [pid for pid in out if counts.get(pid, 0) in (0, SENTENCE_PROBE)]
+        if more:
             rows = [r for r in rows if r["passage_id"] not in more]
             rows += self._q(self.db.sentences, f"passage_id in {list(map(int, more))}", fields)
         if len(self.sentence_vectors) > SENTENCE_VECTORS_KEPT:
@@ -481,7 +522,16 @@ class MilvusIndex:
             search_params=self.db.search_params(self.db.sentences, n * 3),
         )
         lexical = (
-            searches.submit(c.search, self.db.passages, data=[weights], anns_field="sparse", limit=n, filter=expr, output_fields=["id"], search_params=ip)
+            searches.submit(
+                c.search,
+                self.db.passages,
+                data=[weights],
+                anns_field="sparse",
+                limit=n,
+                filter=expr,
+                output_fields=["id"],
+                search_params=ip,
+            )
             if weights
             else None
         )
@@ -503,7 +553,10 @@ class MilvusIndex:
         if missing := sorted(terms - self._df.keys()):
             if len(self._df) > DF_CACHE:
                 self._df.clear()
-            rows = self.store._q(self.db.terms, f"kind == 0 and term in {missing}", ["term", "df"])
+            expr = f"kind == 0 and term in {missing}"
+            rows = self.store.searched(self.db.terms, expr, ["term", "df"], len(missing) + 1) if self.db.lite else []
+            if not self.db.lite or len(rows) > len(missing):  # (one row per term and version)
+                rows = self.store._q(self.db.terms, expr, ["term", "df"])
             self._df.update(dict.fromkeys(missing, 0) | {r["term"]: r["df"] for r in rows})
         return {t: float(idf(self.manifest.passages, self._df[t])) for t in sorted(terms) if self._df.get(t)}
 
@@ -758,7 +811,14 @@ class MilvusBuild:
             old = self.db.rows(terms, f"kind == 0 and term in {chunk} and {visible(self.previous)}", ["*"])
             totals = {r["term"]: r["df"] for r in old}
             new = [
-                {"key": row_id("df", t, self.target), "term": t, "df": totals.get(t, 0) + changes[t], "kind": 0, "added": self.target, "removed": 0}
+                {
+                    "key": row_id("df", t, self.target),
+                    "term": t,
+                    "df": totals.get(t, 0) + changes[t],
+                    "kind": 0,
+                    "added": self.target,
+                    "removed": 0,
+                }
                 for t in chunk
             ]
             if fresh := [r | {"dummy": [0.0, 0.0]} for r in new if r["df"] > 0]:
@@ -792,4 +852,3 @@ class MilvusBuild:
         for name in self.db.versioned:
             self.db.client.delete(name, filter=f"removed != 0 and removed <= {oldest}")
         return manifest
-
