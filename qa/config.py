@@ -53,8 +53,12 @@ class Config:
     )
     milvus_token: str = setting("", "Token of an authenticated Milvus server")
     milvus_prefix: str = setting("qa", "Prefix of the Milvus collections")
-    milvus_index: str = setting("IVF_FLAT", "Dense vector index of collections made from now on: IVF_FLAT, FLAT (exact) or HNSW (servers)")
-    milvus_nprobe: int = setting(32, "Search width on Milvus: IVF_FLAT lists visited of 1,024 (HNSW: a quarter of its ef)")
+    milvus_index: str = setting(
+        "IVF_FLAT", "Dense vector index of collections made from now on: IVF_FLAT, FLAT (exact; slower on Milvus Lite) or HNSW (servers)"
+    )
+    milvus_nprobe: int = setting(
+        32, "Search width on a Milvus server: IVF_FLAT lists visited of 1,024 (HNSW: a quarter of its ef); Milvus Lite sets its own"
+    )
 
     # Embedding.
     model: str = setting(DEFAULT_MODEL, "Embedding model: a sentence-transformers name or folder (the default is bundled)")

@@ -52,3 +52,23 @@ def test_the_shipped_calibration_is_fitted_and_ranks_second_answers_lower() -> N
     assert cal.fitted_on, "qa/reader_weights/calibration.json is missing: python -m training.calibrate fit"
     assert cal.weights[0] > 0  # a stronger span is more likely right
     assert cal.probability(5.0, 0.0, 0.8) > cal.probability(5.0, 3.0, 0.8)  # behind the best span: less sure
+
+
+def test_fitting_to_f1_credits_answers_that_overlap_the_one_reference() -> None:
+    """The calibration fold has one reference answer a question: fitted to F1, an answer that half
+    overlaps it counts half right, so the same logits get higher probabilities than fitted to EM."""
+    from training.calibrate import fit_rows
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for logit in rng.normal(size=4000) * 2:
+        right = rng.random() < 1 / (1 + np.exp(-logit))
+        em, f1 = (1.0, 1.0) if right else (0.0, 0.5 if rng.random() < 0.5 else 0.0)
+        rows.append({"candidates": [{"features": [float(logit), 0.0, 0.0], "em": em, "f1": f1}]})
+    by_em, by_f1 = fit_rows(rows, "open", "em"), fit_rows(rows, "open", "f1")
+    assert abs(by_em.weights[0] - 1.0) < 0.15 and abs(by_em.bias) < 0.15
+    for logit in (-2.0, 0.0):
+        assert by_f1.probability(logit, 0.0, 0.0) > by_em.probability(logit, 0.0, 0.0) + 0.03
+    scored = [by_f1.probability(*r["candidates"][0]["features"]) for r in rows]
+    assert abs(np.mean(scored) - np.mean([r["candidates"][0]["f1"] for r in rows])) < 0.01
+    assert by_f1.extra["label"] == "f1"

@@ -31,6 +31,7 @@ from qa.readers.span import WEIGHTS
 from training.squad_reader import DATA, load_questions, swap_key_term
 
 SEED = 13
+LABEL = "em"  # what `fit` and `tune` fit the score to, by default (fit_rows)
 
 
 def collect(config: Config, paragraphs: Path, questions: list[dict], mode: str) -> list[dict]:
@@ -128,15 +129,18 @@ def fold_questions(data: Path, limit: int) -> list[dict]:
     return [{**q, "answers": [{"text": t} for t in q["answers"]]} for q in questions]
 
 
-def fit_rows(rows: list[dict], mode: str) -> Calibration:
+def fit_rows(rows: list[dict], mode: str, label: str = "em") -> Calibration:
+    """`label` is what an answer is fitted to: exact match with the fold's one reference answer
+    ("em"), or its F1 to it ("f1"): the fold has one reference per question where SQuAD dev has
+    about three, and an answer that overlaps the one partly is often another annotator's."""
     x = np.array([c["features"] for r in rows for c in r["candidates"]])
-    y = np.array([c["em"] for r in rows for c in r["candidates"]])
+    y = np.array([c[label] for r in rows for c in r["candidates"]])
     weights, bias = fit(x, y)
     return Calibration(
         weights,
         bias,
-        f"squad11_train calibration fold, {mode} mode: {len(rows)} questions, {len(y)} answers",
-        {"mode": mode, "questions": len(rows), "answers": int(len(y))},
+        f"squad11_train calibration fold, {mode} mode, fitted to {label}: {len(rows)} questions, {len(y)} answers",
+        {"mode": mode, "label": label, "questions": len(rows), "answers": int(len(y))},
     )
 
 
@@ -154,7 +158,7 @@ def cmd_fit(args) -> None:
         folder = Path(tmp) / "calibration_fold"
         folder.mkdir()
         rows = collect(Config.load(), write_set(questions, folder), questions, args.mode)
-    cal = fit_rows(rows, args.mode)
+    cal = fit_rows(rows, args.mode, args.label)
     weights, bias = cal.weights, cal.bias
     x = np.array([c["features"] for r in rows for c in r["candidates"]])
     y = np.array([c["em"] for r in rows for c in r["candidates"]])
@@ -222,7 +226,7 @@ def cmd_tune(args) -> None:
         hard = hard_questions(paragraphs, questions)
         for margin in margins:
             config = base.replace(span_null_margin=margin)
-            cal = fit_rows(collect(config, paragraphs, questions, "open"), "open")
+            cal = fit_rows(collect(config, paragraphs, questions, "open"), "open", args.label)
             gold = collect(config, paragraphs, questions + hard, "gold")
             rows += [{"margin": margin, **policy(gold, cal, t)} for t in thresholds]
     never = next(r for r in rows if r["margin"] == -100.0 and r["threshold"] == 0.0)["answerable_gold_f1"]
@@ -242,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--out", default=str(WEIGHTS))
     f.add_argument("--mode", choices=("open", "gold"), default="open")
     f.add_argument("--limit", type=int, default=0)
+    f.add_argument("--label", choices=("em", "f1"), default=LABEL, help="what the score is fitted to (fit_rows)")
     r = sub.add_parser("report")
     r.add_argument("--data", default=str(DATA))
     r.add_argument("--set", choices=("squad", "squad13", "rtqa"), default="squad")
@@ -250,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     u = sub.add_parser("tune")
     u.add_argument("--data", default=str(DATA))
     u.add_argument("--limit", type=int, default=0)
+    u.add_argument("--label", choices=("em", "f1"), default=LABEL, help="what the score is fitted to (fit_rows)")
     u.add_argument("--margins", default="0,-1,-2,-4", help="no-answer margins to try (-100, never abstaining, is always tried)")
     u.add_argument("--no-answer", type=float, default=0.70, help="the least no-answer accuracy a chosen policy must hold")
     args = ap.parse_args(argv)

@@ -51,7 +51,8 @@ class Calibration:
 
 
 def fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iterations: int = 50) -> tuple[tuple[float, ...], float]:
-    """Logistic regression by Newton's method: (weights, bias) for rows of FEATURES and 0/1 labels."""
+    """Logistic regression by Newton's method: (weights, bias) for rows of FEATURES and labels in [0, 1]
+    (0/1, or soft: an F1)."""
     X = np.hstack([x, np.ones((len(x), 1))])
     w = np.zeros(X.shape[1])
     for _ in range(iterations):
