@@ -31,7 +31,7 @@ from qa.readers.span import WEIGHTS
 from training.squad_reader import DATA, load_questions, swap_key_term
 
 SEED = 13
-LABEL = "em"  # what `fit` and `tune` fit the score to, by default (fit_rows)
+LABEL = "f1"  # what `fit` and `tune` fit the score to, by default (fit_rows)
 
 
 def collect(config: Config, paragraphs: Path, questions: list[dict], mode: str) -> list[dict]:
@@ -187,7 +187,7 @@ def cmd_report(args) -> None:
     if args.limit:
         questions = random.Random(SEED).sample(questions, min(args.limit, len(questions)))
     config = Config.load()
-    cal = Calibration.load(WEIGHTS)
+    cal = Calibration.load(Path(args.calibration))
     report: dict = {"set": args.set, "mode": args.mode, "calibration": cal.fitted_on}
     rows = collect(config, paragraphs, questions, args.mode)
     for which in ("top", "all"):
@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--data", default=str(DATA))
     r.add_argument("--set", choices=("squad", "squad13", "rtqa"), default="squad")
     r.add_argument("--mode", choices=("open", "gold"), default="open")
+    r.add_argument("--calibration", default=str(WEIGHTS), help="the folder of the calibration.json to measure")
     r.add_argument("--limit", type=int, default=0)
     u = sub.add_parser("tune")
     u.add_argument("--data", default=str(DATA))
