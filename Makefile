@@ -8,7 +8,7 @@ QA      := $(VENV)/bin/qa
 STAMP   := $(VENV)/.installed
 PIP     := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup browser run index lint test stress bench train-reader train-retriever settings clean
+.PHONY: setup browser run index lint test stress bench train-reader train-retriever train-reranker settings clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,13 @@ train-reader: setup
 train-retriever: setup
 	$(PY) -m training.question_encoder prepare
 	$(PY) -m training.question_encoder train
+
+# The cross-encoder reranker (qa/reranker.py, off by default; training/reranker.py, seed 13): mines
+# hard negatives with the bundled model, then trains from the span reader's layers; writes
+# qa/reranker_weights/. Resumable from .cache/reranker/; docs/evaluation.md has its CPU time.
+train-reranker: setup
+	$(PY) -m training.reranker prepare
+	$(PY) -m training.reranker train --limit 6000 --negatives 5 --pool 10 --lr 4e-5
 
 clean:
 	rm -rf $(VENV) index/v* index/CURRENT index/eval

@@ -76,7 +76,10 @@ class PassageHit(BaseModel):
     document_id: str
     title: str
     text: str
-    score: float
+    score: float = Field(description="Fused retrieval score")
+    rerank: float | None = Field(
+        None, description="The cross-encoder's probability that the passage answers (set when QA_RERANK_PASSAGES is on)"
+    )
     start: int = Field(description="Offset of the passage in the document text")
     end: int
     date: str | None = None

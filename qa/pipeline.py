@@ -1,4 +1,4 @@
-"""Question in, answer object out: embed the question, retrieve passages, read answers.
+"""Question in, answer object out: embed the question, retrieve passages, re-rank them (optional), read answers.
 
 The pipeline follows the published index: each question runs against one complete version,
 and a newer version is picked up as soon as `CURRENT` names it.
@@ -14,6 +14,7 @@ from qa.embedding import Embedder
 from qa.index import IndexVersion, open_index, published_version
 from qa.models import AskResult, Filters, PassageHit
 from qa.readers import Reader, make_reader
+from qa.reranker import Reranker
 from qa.retriever import Retriever
 
 
@@ -23,6 +24,7 @@ class Pipeline:
         self.embedder = embedder or Embedder.from_config(config)
         self.retriever = Retriever(config)
         self.reader = reader or make_reader(config)
+        self.reranker = Reranker(config)
         self._index: IndexVersion | None = None
         self._lock = threading.Lock()
 
@@ -45,8 +47,11 @@ class Pipeline:
         top_k = top_k or self.config.top_k
         index = self.index()
         vector = self.embedder.embed_questions([question])[0]
-        hits = self.retriever.retrieve(index, vector, question, max(top_k, self.config.read_passages), filters)
+        wanted = max(top_k, self.config.read_passages, self.config.rerank_passages)
+        hits = self.retriever.retrieve(index, vector, question, wanted, filters)
         rows = index.store.passages([h.passage_id for h in hits])
+        if self.config.rerank_passages:
+            hits = self.reranker.rerank(question, hits, rows)
         answers = self.reader.read(question, vector, index, hits, rows)
         passages = [
             PassageHit(
@@ -55,6 +60,7 @@ class Pipeline:
                 title=rows[h.passage_id].title,
                 text=rows[h.passage_id].text,
                 score=round(h.score, 4),
+                rerank=None if h.rerank is None else round(h.rerank, 4),
                 start=rows[h.passage_id].start,
                 end=rows[h.passage_id].end,
                 date=rows[h.passage_id].date,

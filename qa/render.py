@@ -22,7 +22,8 @@ def render_text(result: AskResult, color: bool = False) -> str:
         lines.append("")
     lines.append("Passages:")
     for p in result.passages:
-        lines.append(f"- {p.title} [{p.document_id}] score {p.score:.2f}")
+        reread = "" if p.rerank is None else f", cross-encoder {p.rerank:.2f}"
+        lines.append(f"- {p.title} [{p.document_id}] score {p.score:.2f}{reread}")
         lines.append(textwrap.indent(textwrap.shorten(p.text, 300), "  "))
     lines.append(f"({result.took_ms:.0f} ms)")
     return "\n".join(lines)

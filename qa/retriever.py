@@ -18,6 +18,7 @@ class Hit:
     dense: float | None = None  # cosine of question and passage
     sentence: float | None = None  # cosine of question and the passage's best sentence
     lexical: float | None = None  # BM25
+    rerank: float | None = None  # the cross-encoder's probability that it answers (qa.reranker)
 
 
 class Retriever:

@@ -53,7 +53,13 @@ def test_wheel_runs_index_ask_and_the_web_page_outside_the_repo(tmp_path: Path) 
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)], capture_output=True, text=True
     )
     assert installed.returncode == 0, installed.stderr[-2000:]
-    for shipped in ("qa/web/templates/index.html", "qa/web/static/style.css", "qa/reader_weights/top_layers.safetensors"):
+    shipped_files = (
+        "qa/web/templates/index.html",
+        "qa/web/static/style.css",
+        "qa/reader_weights/top_layers.safetensors",
+        "qa/reranker_weights/reranker.safetensors",
+    )
+    for shipped in shipped_files:
         assert (site / shipped).is_file(), f"the wheel lacks {shipped}"
     assert not (site / "training").exists() and not (site / "tests").exists()
 

@@ -36,6 +36,7 @@ import numpy as np
 from qa.config import DEFAULT_MODEL, Config
 from qa.embedding import QUESTION_FILE, QUESTION_WEIGHTS
 from qa.metrics import read_jsonl
+from training.checkpoints import Checkpoint, linear_schedule
 from training.squad_reader import DATA, RTQA, SEED, SQUAD_TRAIN, calibration_fold, device_for, native_bf16
 
 WORK = Path(__file__).resolve().parent.parent / ".cache" / "question-encoder"
@@ -196,25 +197,11 @@ def cmd_train(args) -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     per_epoch = (len(rows) + args.batch - 1) // args.batch
     steps = args.epochs * per_epoch
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    sched = linear_schedule(opt, steps)
 
-    ckpt = work / f"checkpoint-{args.seed}-{args.epochs}-{args.lr}-{args.batch}-{args.scale}-{args.sentence_weight}.pt"
-    step, trained_s = 0, 0.0
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"], strict=False)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step, trained_s = state["step"], state["trained_s"]
-        torch.set_rng_state(state["rng"])
-        print(f"resumed from {ckpt} at step {step}/{steps}", flush=True)
-
-    def save() -> None:
-        tmp = ckpt.with_suffix(".tmp")
-        state = {"model": trained_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
-        torch.save({**state, "step": step, "trained_s": trained_s, "rng": torch.get_rng_state()}, tmp)
-        tmp.replace(ckpt)
+    run = f"{args.seed}-{args.epochs}-{args.lr}-{args.batch}-{args.scale}-{args.sentence_weight}"
+    ckpt = Checkpoint(work / f"checkpoint-{run}.pt", model, opt, sched, trained_state)
+    step, trained_s = ckpt.resume(device)
 
     def order(epoch: int) -> list[int]:
         idx = list(range(len(rows)))
@@ -263,7 +250,7 @@ def cmd_train(args) -> None:
             print(f"step {step}/{steps} loss {total / 50:.3f} {seen / elapsed:.0f} questions/s", flush=True)
             t0, total, seen = time.time(), 0.0, 0
         if step % args.checkpoint_every == 0 or step == steps:
-            save()
+            ckpt.save(step, trained_s)
         if args.stop_after and step >= args.stop_after:  # the tests' stand-in for a kill
             print(f"stopped at step {step}", flush=True)
             return

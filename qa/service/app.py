@@ -33,6 +33,8 @@ def create_app(config: Config | None = None, embedder: Embedder | None = None) -
     async def lifespan(_: FastAPI):
         embedder.model, embedder.question_model  # load before answering health checks, so the first question is not slow
         await run_in_threadpool(pipeline.reader.warm)
+        if config.rerank_passages:
+            await run_in_threadpool(pipeline.reranker.warm)
         app.state.models_loaded = True
         yield
 

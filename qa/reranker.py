@@ -1,0 +1,143 @@
+"""An optional cross-encoder that re-orders the fused candidates (`QA_RERANK_PASSAGES`, off by default).
+
+Fusion ranks passages by vectors computed apart from the question; the cross-encoder reads the
+question and each of the top `rerank_passages` passages together, which is what tells apart the
+paragraphs of one article (the misses at rank 1 on SQuAD). It costs a model run per passage, so it
+is off unless asked for (figures in docs/evaluation.md).
+
+The shipped model (`qa/reranker_weights/`, made by `make train-reranker`) is the bundled
+all-MiniLM-L6-v2 with trained layers and a score head: only those ship (fp16), put on the bundled
+model's embeddings at load time and run on the embedder's backend (ONNX int8 by default).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from dataclasses import replace
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from qa.config import Config
+from qa.embedding import resolve_model
+from qa.retriever import Hit
+from qa.store import PassageRow
+
+WEIGHTS = Path(__file__).resolve().parent / "reranker_weights"
+META_FILE = "reranker.json"
+WEIGHTS_FILE = "reranker.safetensors"
+log = logging.getLogger(__name__)
+_TOKENIZING = threading.Lock()  # the fast tokenizer's settings are shared state (see qa.readers.span)
+
+
+def trained_state(model) -> dict:
+    """What ships: the encoder layers, the pooler and the score head (the embeddings are the bundled model's)."""
+    return {k: v for k, v in model.state_dict().items() if k.startswith(("bert.encoder.layer.", "bert.pooler.", "classifier."))}
+
+
+def load_reranker(path: Path = WEIGHTS):
+    """(model, tokenizer, max_len): the shipped layers on the bundled model, in eval mode."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, BertForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    meta = json.loads((path / META_FILE).read_text())
+    base = resolve_model(meta["base_model"])
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the bundled model has no score head: that is expected
+    try:
+        model = BertForSequenceClassification.from_pretrained(base, num_labels=1)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    trained = {k: v.float() for k, v in load_file(str(path / WEIGHTS_FILE)).items()}
+    unknown = sorted(set(trained) - set(model.state_dict()))
+    if unknown:
+        raise ValueError(f"{path / WEIGHTS_FILE}: weights the model does not have, e.g. {unknown[:3]}")
+    model.load_state_dict(trained, strict=False)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(base), int(meta["max_len"])
+
+
+class Reranker:
+    def __init__(self, config: Config, weights: Path = WEIGHTS) -> None:
+        self.config = config
+        self.weights = weights
+
+    @cached_property
+    def _loaded(self):
+        return load_reranker(self.weights)
+
+    @cached_property
+    def _run(self):
+        """Model inputs in, one logit per pair out: ONNX Runtime on the ONNX backends, else torch."""
+        model, _, _ = self._loaded
+        if self.config.backend.startswith("onnx"):
+            try:
+                return self._onnx(model)
+            except Exception as exc:  # noqa: BLE001 - any exporter failure: the torch model still reads
+                log.warning("reranker stays on torch: ONNX export failed (%s)", exc)
+        import torch
+
+        lock = threading.Lock()
+
+        def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
+            with lock, torch.inference_mode():
+                return model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits[:, 0].float().numpy()
+
+        return run
+
+    def _onnx(self, model):
+        import torch
+
+        from qa.embedding import cached_onnx, export_onnx, files_key, onnx_session
+
+        class Scores(torch.nn.Module):
+            def __init__(self, model) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+        base = Path(resolve_model(json.loads((self.weights / META_FILE).read_text())["base_model"]))
+        target = self.config.cache / "onnx" / f"reranker-{files_key(self.weights, base)}"
+        path = cached_onnx(target, self.config.backend == "onnx-int8", lambda out: export_onnx(Scores(model), out, ["logits"]))
+        session = onnx_session(path)
+        names = [i.name for i in session.get_inputs()]
+        return lambda inputs: session.run(None, {k: inputs[k] for k in names})[0][:, 0]
+
+    def warm(self) -> None:
+        self._run  # the model, and its ONNX export the first time: seconds, not for a question to pay
+
+    def scores(self, question: str, texts: list[str]) -> np.ndarray:
+        """One logit per passage: how likely it answers the question."""
+        if not texts:
+            return np.zeros(0, dtype=np.float32)
+        _, tokenizer, max_len = self._loaded
+        with _TOKENIZING:
+            enc = tokenizer(
+                [question] * len(texts), texts, truncation="only_second", max_length=max_len, padding="longest", return_tensors="np"
+            )
+        inputs = {k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        return np.asarray(self._run(inputs), dtype=np.float32)
+
+    def rerank(self, question: str, hits: list[Hit], rows: dict[int, PassageRow]) -> list[Hit]:
+        """The top `rerank_passages` hits re-ordered by the cross-encoder's logit plus `rerank_weight`
+        times their fused score; the rest keep their order below them. Each re-read hit carries its
+        probability of answering the question (`Hit.rerank`)."""
+        n = self.config.rerank_passages
+        head = [h for h in hits[:n] if h.passage_id in rows]
+        if n <= 0 or len(head) < 2:
+            return hits
+        logits = self.scores(question, [rows[h.passage_id].text for h in head])
+        w = self.config.rerank_weight
+        order = sorted(range(len(head)), key=lambda i: -(float(logits[i]) + w * head[i].score))
+        reread = [replace(head[i], rerank=1.0 / (1.0 + math.exp(-float(logits[i])))) for i in order]
+        return reread + [h for h in hits if h not in head]
+
+
+__all__ = ["Reranker", "load_reranker", "trained_state", "WEIGHTS"]

@@ -1,0 +1,96 @@
+"""The cross-encoder reranker: its mined training data, a run that resumes to the same weights as an
+unbroken one, and the shipped model re-ordering the service's passages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qa.config import Config
+from qa.pipeline import Pipeline
+from qa.reranker import META_FILE, WEIGHTS, WEIGHTS_FILE, Reranker
+from tests.test_question_encoder import NEWS, data  # noqa: F401 - the fixture, shared
+from tests.test_squad_reader import ARTICLES, QUESTIONS
+from training.question_encoder import load_fold
+from training.reranker import main
+
+
+def test_mined_examples_resume_and_shipping(data: Path, tmp_path: Path) -> None:  # noqa: F811
+    import torch
+    from safetensors.torch import load_file
+
+    work, targets = tmp_path / "work", tmp_path / "targets"
+    main(["--data", str(data), "--work", str(work), "--targets", str(targets), "prepare", "--limit", "0", "--pool", "3"])
+    mined = json.loads((work / "examples.json").read_text())
+    texts, examples = mined["texts"], mined["examples"]
+    paragraphs, _ = load_fold(data, "train")
+    assert sorted(texts) == sorted(p["context"] for p in paragraphs)  # one passage per short paragraph
+    answers = {q: a for *_, q, a in QUESTIONS} | {q: a for _, _, q, a in NEWS}
+    assert len(examples) == len(QUESTIONS) + 1  # the SQuAD questions and the oldest news question
+    for ex in examples:
+        assert answers[ex["question"]] in texts[ex["positive"]]
+        assert len(ex["negatives"]) == 3 and ex["positive"] not in ex["negatives"]
+        assert all(answers[ex["question"]] not in texts[n] for n in ex["negatives"])
+
+    def train(out: Path, *extra: str) -> None:
+        args = ["--epochs", "2", "--batch", "2", "--negatives", "2", "--pool", "3", "--max-len", "64"]
+        args += ["--threads", "1", "--precision", "fp32", "--checkpoint-every", "1", *extra]
+        main(["--data", str(data), "--work", str(work), "train", "--out", str(out), *args])
+
+    train(tmp_path / "w1")  # unbroken: 2 epochs of 4 steps
+    for ckpt in work.glob("checkpoint-*.pt"):
+        ckpt.unlink()
+    train(tmp_path / "w2", "--stop-after", "3")
+    assert not (tmp_path / "w2" / WEIGHTS_FILE).exists()
+    train(tmp_path / "w2")  # resumed from step 3
+    one, two = load_file(str(tmp_path / "w1" / WEIGHTS_FILE)), load_file(str(tmp_path / "w2" / WEIGHTS_FILE))
+    assert one.keys() == two.keys() and "classifier.weight" in one
+    assert not any(k.startswith("bert.embeddings.") for k in one)  # the bundled model's, not shipped
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    meta = json.loads((tmp_path / "w1" / META_FILE).read_text())
+    assert meta["train_questions"] == len(examples) and meta["max_len"] == 64
+
+    # The trained layers load onto the bundled model and score a pair on either backend.
+    for backend in ("torch", "onnx"):
+        config = Config.load(backend=backend, cache=tmp_path / "cache")
+        scores = Reranker(config, tmp_path / "w1").scores("Who leads the survey in Harlow?", [ARTICLES["Kites_of_Harlow"][0], NEWS[2][1]])
+        assert scores.shape == (2,) and np.isfinite(scores).all()
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory) -> Reranker:
+    assert (WEIGHTS / WEIGHTS_FILE).exists() and (WEIGHTS / META_FILE).exists()
+    return Reranker(Config.load())
+
+
+def test_the_shipped_reranker_prefers_the_passage_that_answers(shipped: Reranker) -> None:
+    passages = [text for texts in ARTICLES.values() for text in texts]
+    for title, p, question, _ in QUESTIONS:
+        scores = shipped.scores(question, passages)
+        assert passages[int(np.argmax(scores))] == ARTICLES[title][p], question
+
+
+def test_the_onnx_reranker_scores_as_torch_does(shipped: Reranker) -> None:
+    torch_scores = Reranker(Config.load(backend="torch"))
+    passages = [text for texts in ARTICLES.values() for text in texts]
+    for _, _, question, _ in QUESTIONS[:4]:
+        a, b = shipped.scores(question, passages), torch_scores.scores(question, passages)
+        assert np.argmax(a) == np.argmax(b)
+        assert np.abs(a - b).max() < 0.5  # int8 weights: close, not equal
+
+
+def test_reranking_reorders_the_passages_the_service_returns(sample_index: Config, embedder) -> None:
+    question = "Who is IBM's chief executive?"
+    plain = Pipeline(sample_index, embedder).ask(question, top_k=5)
+    assert all(p.rerank is None for p in plain.passages)
+    reranked = Pipeline(sample_index.replace(rerank_passages=5), embedder).ask(question, top_k=5)
+    assert sorted(p.id for p in reranked.passages) == sorted(p.id for p in plain.passages)  # the same five, re-ordered
+    probabilities = [p.rerank for p in reranked.passages]
+    assert all(0.0 <= r <= 1.0 for r in probabilities)
+    assert probabilities == sorted(probabilities, reverse=True)  # rerank_weight 0: the cross-encoder's order
+    assert "CEO Ginni Rometty" in reranked.passages[0].text
+    weighted = Pipeline(sample_index.replace(rerank_passages=5, rerank_weight=1000.0), embedder).ask(question, top_k=5)
+    assert [p.id for p in weighted.passages] == [p.id for p in plain.passages]  # the fused score dominates

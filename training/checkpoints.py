@@ -1,0 +1,45 @@
+"""What the resumable training runs share: the learning-rate schedule and a checkpoint that a run
+killed at any moment resumes from, to the weights an unbroken run would reach."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+
+def linear_schedule(opt, steps: int):
+    """A tenth of the steps warming up, then linear decay to zero."""
+    import torch
+
+    warm = max(1, steps // 10)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+
+
+class Checkpoint:
+    """The trained weights (what `trained_state` picks), optimizer, schedule, step, training seconds
+    and the RNG (dropout: a resumed run draws what an unbroken one would), written atomically."""
+
+    def __init__(self, path: Path, model, opt, sched, trained_state: Callable) -> None:
+        self.path, self.model, self.opt, self.sched, self.trained_state = path, model, opt, sched, trained_state
+
+    def resume(self, device) -> tuple[int, float]:
+        """(step, training seconds) to go on from: (0, 0.0) without a checkpoint."""
+        import torch
+
+        if not self.path.exists():
+            return 0, 0.0
+        state = torch.load(self.path, map_location=device, weights_only=False)
+        self.model.load_state_dict(state["model"], strict=False)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        print(f"resumed from {self.path} at step {state['step']}", flush=True)
+        return state["step"], state["trained_s"]
+
+    def save(self, step: int, trained_s: float) -> None:
+        import torch
+
+        tmp = self.path.with_suffix(".tmp")
+        state = {"model": self.trained_state(self.model), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
+        torch.save({**state, "step": step, "trained_s": trained_s, "rng": torch.get_rng_state()}, tmp)
+        tmp.replace(self.path)

@@ -1,0 +1,361 @@
+"""`make train-reranker`: a cross-encoder that re-orders the retrieved passages (`QA_RERANK_PASSAGES`).
+
+    python -m training.reranker prepare                # each training question's positive and mined negatives
+    python -m training.reranker train [--limit 12000]  # resumable; writes qa/reranker_weights/
+    python -m training.reranker tune --set fusion|squad13|rtqa-new --depth 20   # recall by depth and weight
+    python -m training.reranker eval --set squad13|rtqa-new|fusion --passages 0,10
+
+The model reads the question and one passage together (BERT's sentence-pair input, up to
+`--max-len` tokens) and gives one logit: how likely the passage answers the question. It starts
+from the bundled all-MiniLM-L6-v2 with the span reader's trained layers (a model that already reads
+questions against passages) and learns a listwise loss: a softmax over each question's passage and
+`--negatives` hard negatives.
+
+Hard negatives are mined from the question encoder's targets (`training.question_encoder prepare`:
+every training passage's and sentence's vector, computed by the index's own code): the passages of
+other paragraphs that the bundled model ranks highest by passage cosine plus best-sentence cosine,
+the two dense halves of the shipped fusion. In SQuAD most of them are paragraphs of the question's
+own article, which is the confusion that costs first places on squad11_dev13.
+
+Data (../shared/data, never committed): the question encoder's training fold (squad11_train without
+its calibration fold, RealTimeQA weeks before 2021/07). Measured on all of squad11_dev13 and on
+RealTimeQA from 2021/08 on (the newest weeks), never seen; the combination weight is chosen on the
+fusion fold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qa.config import DEFAULT_MODEL, Config
+from qa.metrics import read_jsonl
+from qa.readers.span import TOP_FILE
+from qa.readers.span import WEIGHTS as READER_WEIGHTS
+from qa.reranker import META_FILE, WEIGHTS, WEIGHTS_FILE, trained_state
+from training.checkpoints import Checkpoint, linear_schedule
+from training.question_encoder import WORK as TARGETS
+from training.question_encoder import cmd_prepare as prepare_targets
+from training.question_encoder import eval_sets, load_fold
+from training.squad_reader import DATA, SEED, device_for, native_bf16
+
+WORK = Path(__file__).resolve().parent.parent / ".cache" / "reranker"
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+def passage_texts(paragraphs: list[dict], targets) -> list[str]:
+    """Each target passage's text: its document's text from its first sentence to its last."""
+    p_doc = targets["p_doc"]
+    first = np.full(len(p_doc), np.iinfo(np.int64).max)
+    last = np.zeros(len(p_doc), dtype=np.int64)
+    np.minimum.at(first, targets["s_passage"], targets["s_start"])
+    np.maximum.at(last, targets["s_passage"], targets["s_end"])
+    return [paragraphs[d]["context"][a:b] for d, a, b in zip(p_doc, first, last)]
+
+
+def cmd_prepare(args) -> None:
+    """Questions with their positive passage and `--pool` mined negatives, best first."""
+    from qa.embedding import Embedder
+
+    started = time.time()
+    work, vectors = Path(args.work), Path(args.targets)
+    if not (vectors / "targets.npz").exists():
+        prepare_targets(argparse.Namespace(data=args.data, work=str(vectors)))
+    targets = np.load(vectors / "targets.npz")
+    rows = json.loads((vectors / "questions.json").read_text())
+    paragraphs, _ = load_fold(Path(args.data), "train")
+    texts = passage_texts(paragraphs, targets)
+    p_doc = targets["p_doc"]
+    s_passage = targets["s_passage"]
+    passages, sentences = targets["passages"], targets["sentences"]
+    first = np.full(len(p_doc), np.iinfo(np.int64).max)
+    np.minimum.at(first, s_passage, targets["s_start"])
+
+    rng = random.Random(args.seed)
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    news = [i for i in order if paragraphs[rows[i]["doc"]]["id"].startswith("rtqa")]
+    squad = [i for i in order if not paragraphs[rows[i]["doc"]]["id"].startswith("rtqa")]
+    chosen = news + squad[: max(0, args.limit - len(news))] if args.limit else order
+    rng.shuffle(chosen)
+    config = Config.load()
+    embedder = Embedder.from_config(config)
+    out = []
+    for start in range(0, len(chosen), 256):
+        batch = [rows[i] for i in chosen[start : start + 256]]
+        q = embedder.embed_questions([r["question"] for r in batch])
+        dense = q @ passages.T
+        best_sentence = np.full_like(dense, -1.0)
+        sims = q @ sentences.T
+        for j in range(len(batch)):
+            np.maximum.at(best_sentence[j], s_passage, sims[j])
+        fused = dense + best_sentence
+        for j, r in enumerate(batch):
+            gold = np.flatnonzero(p_doc == r["doc"])
+            inside = [p for p in gold if first[p] <= max(r["answer"], 0)]
+            positive = int(inside[-1] if r["answer"] >= 0 and inside else gold[np.argmax(fused[j, gold])])
+            ranked = np.argsort(-fused[j])[: args.pool + len(gold)]
+            negatives = [int(p) for p in ranked if p_doc[p] != r["doc"]][: args.pool]
+            out.append({"question": r["question"], "positive": positive, "negatives": negatives})
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "examples.json").write_text(json.dumps({"texts": texts, "examples": out}))
+    print(f"{len(out)} questions ({len(news)} news), {len(texts)} passages; {time.time() - started:.0f}s", flush=True)
+
+
+# --------------------------------------------------------------------------------------- training
+
+
+def cmd_train(args) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer, BertForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from qa.embedding import resolve_model
+
+    torch.set_num_threads(args.threads)
+    device = device_for(args.device)
+    bf16 = device.type == "cuda" or args.precision == "bf16" or (args.precision == "auto" and native_bf16())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"
+    print(f"training on {device} ({name}), {'bf16 autocast' if bf16 else 'fp32'}", flush=True)
+    started = time.time()
+    hf_logging.set_verbosity_error()
+    base = resolve_model(DEFAULT_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    data = json.loads((Path(args.work) / "examples.json").read_text())
+    texts, examples = data["texts"], data["examples"]
+    if args.limit:
+        examples = examples[: args.limit]
+
+    torch.manual_seed(args.seed)
+    model = BertForSequenceClassification.from_pretrained(base, num_labels=1).to(device)
+    if args.init:
+        start = load_file(str(Path(args.init) / TOP_FILE))
+        model.load_state_dict({k: v.float() for k, v in start.items() if k.startswith("bert.")}, strict=False)
+        print(f"encoder layers from {Path(args.init) / TOP_FILE}", flush=True)
+    for p in model.bert.embeddings.parameters():
+        p.requires_grad_(False)  # the embeddings stay the bundled model's: they are not shipped
+    head = [*model.bert.pooler.parameters(), *model.classifier.parameters()]
+    body = [p for layer in model.bert.encoder.layer for p in layer.parameters()]
+    opt = torch.optim.AdamW([{"params": body, "lr": args.lr}, {"params": head, "lr": args.lr * args.head_lr}], weight_decay=0.01)
+    per_epoch = len(examples) // args.batch
+    steps = args.epochs * per_epoch
+    sched = linear_schedule(opt, steps)
+
+    run = f"{args.seed}-{args.lr}-{args.batch}-{args.negatives}-{args.max_len}-{len(examples)}"
+    ckpt = Checkpoint(Path(args.work) / f"checkpoint-{run}.pt", model, opt, sched, trained_state)
+    step, trained_s = ckpt.resume(device)
+
+    def group(i: int, epoch: int) -> list[int]:
+        """The positive first, then `--negatives` drawn at random from the `--pool` hardest mined."""
+        ex = examples[i]
+        rng = random.Random(f"{args.seed}-{epoch}-{i}")
+        pool = ex["negatives"][: args.pool]
+        picked = sorted(rng.sample(range(len(pool)), min(args.negatives, len(pool))))
+        return [ex["positive"], *[pool[k] for k in picked]]
+
+    model.train()
+    t0, total, seen = time.time(), 0.0, 0
+    while step < steps:
+        epoch, k = divmod(step, per_epoch)
+        order = list(range(len(examples)))
+        random.Random(args.seed + epoch).shuffle(order)
+        batch = order[k * args.batch : (k + 1) * args.batch]
+        groups = [group(i, epoch) for i in batch]
+        enc = tokenizer(
+            [examples[i]["question"] for i, g in zip(batch, groups) for _ in g],
+            [texts[p] for g in groups for p in g],
+            truncation="only_second",
+            max_length=args.max_len,
+            padding="longest",
+            return_tensors="pt",
+        )
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().squeeze(-1)
+        size = max(len(g) for g in groups)
+        if any(len(g) != size for g in groups):
+            raise ValueError("every question needs the same number of negatives")
+        loss = torch.nn.functional.cross_entropy(logits.view(len(groups), size), torch.zeros(len(groups), dtype=torch.long, device=device))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(body + head, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        step += 1
+        total += loss.item()
+        seen += len(batch)
+        if step % 25 == 0 or step == steps:
+            elapsed = time.time() - t0
+            trained_s += elapsed
+            print(
+                f"step {step}/{steps} loss {total / 25:.3f} {seen * size / elapsed:.1f} pairs/s "
+                f"eta {(steps - step) * elapsed / max(1, seen / args.batch) / 60:.0f} min",
+                flush=True,
+            )
+            t0, total, seen = time.time(), 0.0, 0
+        if step % args.checkpoint_every == 0 or step == steps:
+            ckpt.save(step, trained_s)
+        if args.stop_after and step >= args.stop_after:  # the tests' stand-in for a kill
+            print(f"stopped at step {step}", flush=True)
+            return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().half().contiguous() for k, v in trained_state(model).items()}, str(out / WEIGHTS_FILE))
+    meta = {
+        "base_model": DEFAULT_MODEL,
+        "architecture": "BertForSequenceClassification",
+        "max_len": args.max_len,
+        "recipe": "training.reranker",
+        "command": "python -m training.reranker train " + " ".join(args.argv),
+        "init": "the span reader's layers" if args.init else "the bundled model",
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "head_lr": args.head_lr,
+        "batch": args.batch,
+        "negatives": args.negatives,
+        "pool": args.pool,
+        "train_questions": len(examples),
+        "precision": "bf16" if bf16 else "fp32",
+        "device": str(device),
+        "held_out": "squad11_dev13 (all 13 articles); RealTimeQA from 2021/07 on; squad11_train md5(title) % 40 == 0",
+        "train_s": round(trained_s),
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"saved {out / WEIGHTS_FILE}; trained {trained_s:.0f}s, wall {time.time() - started:.0f}s", flush=True)
+
+
+# --------------------------------------------------------------------------------------- measuring
+
+
+def cmd_eval(args) -> None:
+    from qa.evaluate import evaluate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paragraphs, questions = eval_sets(Path(args.data), args.set, Path(tmp))
+        for n in [int(x) for x in args.passages.split(",")]:
+            config = Config.load(reader=args.reader, rerank_passages=n)
+            if args.weight is not None:
+                config = config.replace(rerank_weight=args.weight)
+            metrics = evaluate(config, paragraphs, questions, mode="open", limit=args.limit or None, show_progress=False)
+            print(json.dumps({"set": args.set, "rerank_passages": n, "rerank_weight": config.rerank_weight, **metrics}), flush=True)
+
+
+def cmd_tune(args) -> None:
+    """Recall at each rerank depth and weight, from one pass: each question's fused candidates and
+    the cross-encoder's logits for the first `--depth` of them (kept under --work), then re-ordered
+    under every setting. Choose on the fusion fold; the held-out sets only confirm."""
+    from qa.embedding import files_key
+
+    cache = Path(args.work) / f"tune-{args.set}-{args.depth}-{args.limit}-{files_key(WEIGHTS)}.json"
+    if cache.exists():
+        found, took = json.loads(cache.read_text())
+    else:
+        found, took = _candidates(args)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps([found, took]))
+    print(f"{len(found)} questions of {args.set}; cross-encoder over {args.depth} passages: p50 {np.percentile(took, 50):.0f} ms")
+    for depth in sorted({0, 5, 10, 20, args.depth}):
+        if depth > args.depth:
+            continue
+        for weight in (0.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 50.0) if depth else (0.0,):
+            r1 = r5 = 0
+            for gold, fused, logits in found:
+                n = min(depth, len(logits))
+                order = sorted(range(n), key=lambda i: -(logits[i] + weight * fused[i])) + list(range(n, len(gold)))
+                r1 += gold[order[0]] if order else 0
+                r5 += any(gold[i] for i in order[:5])
+            recall = {"recall@1": round(r1 / len(found), 4), "recall@5": round(r5 / len(found), 4)}
+            print(json.dumps({"set": args.set, "depth": depth, "weight": weight, **recall}))
+
+
+def _candidates(args) -> tuple[list, list]:
+    """Per question: whether each fused candidate is its paragraph, their fused scores, and the
+    cross-encoder's logits of the first `--depth`; and the cross-encoder's milliseconds."""
+    from qa.embedding import Embedder
+    from qa.evaluate import eval_config, paragraphs_as_documents
+    from qa.index import build_index, open_index
+    from qa.reranker import Reranker
+    from qa.retriever import Retriever
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paragraphs_path, questions_path = eval_sets(Path(args.data), args.set, Path(tmp))
+        config = eval_config(Config.load(), paragraphs_path)
+        embedder = Embedder.from_config(config)
+        build_index(config, embedder, upserts=paragraphs_as_documents(read_jsonl(paragraphs_path)), deletes=[], wait=600)
+        questions = read_jsonl(questions_path)
+    if args.limit:
+        questions = random.Random(args.seed).sample(questions, min(args.limit, len(questions)))
+    index, retriever, reranker = open_index(config), Retriever(config), Reranker(config)
+    reranker.warm()
+    found, took = [], []
+    for q in questions:
+        vector = embedder.embed_questions([q["question"]])[0]
+        hits = retriever.retrieve(index, vector, q["question"], max(20, args.depth), None)
+        rows = index.store.passages([h.passage_id for h in hits])
+        hits = [h for h in hits if h.passage_id in rows]
+        started = time.perf_counter()
+        logits = reranker.scores(q["question"], [rows[h.passage_id].text for h in hits[: args.depth]])
+        took.append((time.perf_counter() - started) * 1000)
+        found.append(([rows[h.passage_id].document_id == q["context_id"] for h in hits], [h.score for h in hits], logits.tolist()))
+    return found, took
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    args.argv = argv[1:]
+    {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "tune": cmd_tune}[args.cmd](args)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m training.reranker")
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--work", default=str(WORK), help="mined examples and checkpoints")
+    ap.add_argument("--targets", default=str(TARGETS), help="the question encoder's targets (made here when missing)")
+    ap.add_argument("--seed", type=int, default=SEED)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--limit", type=int, default=12000, help="training questions (all news ones, then SQuAD); 0: all")
+    p.add_argument("--pool", type=int, default=20, help="mined negatives kept per question")
+    t = sub.add_parser("train")
+    t.add_argument("--out", default=str(WEIGHTS))
+    t.add_argument("--init", default=str(READER_WEIGHTS), help="span reader weights to start the encoder from ('' for the bundled model)")
+    t.add_argument("--limit", type=int, default=0, help="train on the first N prepared questions")
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--lr", type=float, default=3e-5)
+    t.add_argument("--head-lr", type=float, default=10.0, help="the pooler and score head's learning rate, times --lr")
+    t.add_argument("--batch", type=int, default=4, help="questions per step")
+    t.add_argument("--negatives", type=int, default=7, help="negatives per question")
+    t.add_argument("--pool", type=int, default=12, help="drawn from this many of the hardest")
+    t.add_argument("--max-len", type=int, default=192)
+    t.add_argument("--checkpoint-every", type=int, default=50, help="steps")
+    t.add_argument("--stop-after", type=int, default=0, help=argparse.SUPPRESS)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--device", default="auto", help="auto (cuda when torch sees one), cpu, cuda")
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    e = sub.add_parser("eval")
+    e.add_argument("--set", choices=("squad13", "rtqa-new", "rtqa-all", "fusion"), default="squad13")
+    e.add_argument("--passages", default="0,10", help="rerank depths to measure (0: off)")
+    e.add_argument("--weight", type=float, default=None, help="QA_RERANK_WEIGHT for this run")
+    e.add_argument("--reader", default="sentence", help="retrieval figures do not depend on it; sentence is the fastest")
+    e.add_argument("--limit", type=int, default=0)
+    u = sub.add_parser("tune")
+    u.add_argument("--set", choices=("squad13", "rtqa-new", "rtqa-all", "fusion"), default="fusion")
+    u.add_argument("--depth", type=int, default=20, help="passages the cross-encoder reads per question")
+    u.add_argument("--limit", type=int, default=0, help="a random sample of this many questions")
+    return ap
+
+
+if __name__ == "__main__":
+    main()
