@@ -86,7 +86,7 @@ def test_reranking_reorders_the_passages_the_service_returns(sample_index: Confi
     question = "Who is IBM's chief executive?"
     plain = Pipeline(sample_index, embedder).ask(question, top_k=5)
     assert all(p.rerank is None for p in plain.passages)
-    reranked = Pipeline(sample_index.replace(rerank_passages=5), embedder).ask(question, top_k=5)
+    reranked = Pipeline(sample_index.replace(rerank_passages=5, rerank_weight=0.0), embedder).ask(question, top_k=5)
     assert sorted(p.id for p in reranked.passages) == sorted(p.id for p in plain.passages)  # the same five, re-ordered
     probabilities = [p.rerank for p in reranked.passages]
     assert all(0.0 <= r <= 1.0 for r in probabilities)
