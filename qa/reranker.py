@@ -128,15 +128,19 @@ class Reranker:
     def rerank(self, question: str, hits: list[Hit], rows: dict[int, PassageRow]) -> list[Hit]:
         """The top `rerank_passages` hits re-ordered by the cross-encoder's logit plus `rerank_weight`
         times their fused score; the rest keep their order below them. Each re-read hit carries its
-        probability of answering the question (`Hit.rerank`)."""
+        probability of answering the question (`Hit.rerank`) and the score it is ordered by
+        (`Hit.relevance`), which the readers then trust instead of the fused score."""
         n = self.config.rerank_passages
         head = [h for h in hits[:n] if h.passage_id in rows]
         if n <= 0 or len(head) < 2:
             return hits
         logits = self.scores(question, [rows[h.passage_id].text for h in head])
         w = self.config.rerank_weight
-        order = sorted(range(len(head)), key=lambda i: -(float(logits[i]) + w * head[i].score))
-        reread = [replace(head[i], rerank=1.0 / (1.0 + math.exp(-float(logits[i])))) for i in order]
+        # The order, in the fused score's units (what the readers weigh passages by): weight 0 leaves
+        # it to the cross-encoder alone.
+        relevance = [h.score + float(x) / w if w > 0 else float(x) for h, x in zip(head, logits)]
+        order = sorted(range(len(head)), key=lambda i: -relevance[i])
+        reread = [replace(head[i], rerank=1.0 / (1.0 + math.exp(-float(logits[i]))), relevance=relevance[i]) for i in order]
         return reread + [h for h in hits if h not in head]
 
 

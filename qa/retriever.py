@@ -19,6 +19,12 @@ class Hit:
     sentence: float | None = None  # cosine of question and the passage's best sentence
     lexical: float | None = None  # BM25
     rerank: float | None = None  # the cross-encoder's probability that it answers (qa.reranker)
+    relevance: float | None = None  # what re-ranked hits are ordered by, in fused-score units
+
+    @property
+    def prior(self) -> float:
+        """How much the readers trust this passage: the re-ranked relevance when there is one, else the fused score."""
+        return self.score if self.relevance is None else self.relevance
 
 
 class Retriever:

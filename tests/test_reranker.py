@@ -94,3 +94,40 @@ def test_reranking_reorders_the_passages_the_service_returns(sample_index: Confi
     assert "CEO Ginni Rometty" in reranked.passages[0].text
     weighted = Pipeline(sample_index.replace(rerank_passages=5, rerank_weight=1000.0), embedder).ask(question, top_k=5)
     assert [p.id for p in weighted.passages] == [p.id for p in plain.passages]  # the fused score dominates
+
+
+@pytest.fixture(scope="module")
+def lookalike_index(tmp_path_factory, embedder) -> Config:  # noqa: F811
+    """The look-alike paragraphs of two articles, one passage each."""
+    from qa.index import build_index
+    from tests.conftest import write_article
+
+    root = tmp_path_factory.mktemp("lookalike")
+    (root / "corpus").mkdir()
+    for k, (title, texts) in enumerate(ARTICLES.items()):
+        write_article(root / "corpus", f"{k}.txt", title.replace("_", " "), *texts)
+    cfg = Config.load(corpus=root / "corpus", index=root / "index")
+    build_index(cfg, embedder)
+    return cfg
+
+
+def test_the_reader_trusts_the_passages_as_the_reranker_orders_them(lookalike_index: Config, embedder) -> None:
+    from dataclasses import replace
+
+    pipeline = Pipeline(lookalike_index.replace(rerank_passages=4), embedder)
+    question = "When did the harbour of Quillport open?"
+    index = pipeline.index()
+    vector = embedder.embed_questions([question])[0]
+    hits = pipeline.retriever.retrieve(index, vector, question, 4, None)
+    rows = index.store.passages([h.passage_id for h in hits])
+    reranked = pipeline.reranker.rerank(question, hits, rows)
+    relevance = [h.relevance for h in reranked]
+    assert all(r is not None for r in relevance) and relevance == sorted(relevance, reverse=True)
+    assert [h.prior for h in reranked] == relevance and all(h.prior == h.score for h in hits)
+
+    assert pipeline.reader.read(question, vector, index, reranked, rows)[0].text == "1887"
+    # The same passages, the answering one put last by the reranker: the reader follows it there.
+    gold = next(h for h in reranked if "opened in 1887" in rows[h.passage_id].text)
+    demoted = [h for h in reranked if h is not gold] + [replace(gold, relevance=min(relevance) - 1.0)]
+    answers = pipeline.reader.read(question, vector, index, demoted, rows)
+    assert not answers or answers[0].passage_id != gold.passage_id

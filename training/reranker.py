@@ -132,15 +132,17 @@ def cmd_train(args) -> None:
     tokenizer = AutoTokenizer.from_pretrained(base)
     data = json.loads((Path(args.work) / "examples.json").read_text())
     texts, examples = data["texts"], data["examples"]
-    if args.limit:
-        examples = examples[: args.limit]
+    examples = examples[args.skip : args.skip + args.limit if args.limit else None]
 
     torch.manual_seed(args.seed)
     model = BertForSequenceClassification.from_pretrained(base, num_labels=1).to(device)
     if args.init:
-        start = load_file(str(Path(args.init) / TOP_FILE))
-        model.load_state_dict({k: v.float() for k, v in start.items() if k.startswith("bert.")}, strict=False)
-        print(f"encoder layers from {Path(args.init) / TOP_FILE}", flush=True)
+        # A reranker's own weights continue its training (head too); a span reader's give the layers only.
+        init = Path(args.init) / WEIGHTS_FILE
+        init = init if init.exists() else Path(args.init) / TOP_FILE
+        start = load_file(str(init))
+        model.load_state_dict({k: v.float() for k, v in start.items() if k.startswith(("bert.", "classifier."))}, strict=False)
+        print(f"weights from {init}", flush=True)
     for p in model.bert.embeddings.parameters():
         p.requires_grad_(False)  # the embeddings stay the bundled model's: they are not shipped
     head = [*model.bert.pooler.parameters(), *model.classifier.parameters()]
@@ -150,7 +152,7 @@ def cmd_train(args) -> None:
     steps = args.epochs * per_epoch
     sched = linear_schedule(opt, steps)
 
-    run = f"{args.seed}-{args.lr}-{args.batch}-{args.negatives}-{args.max_len}-{len(examples)}"
+    run = f"{args.seed}-{args.lr}-{args.batch}-{args.negatives}-{args.max_len}-{len(examples)}" + (f"-from{args.skip}" if args.skip else "")
     ckpt = Checkpoint(Path(args.work) / f"checkpoint-{run}.pt", model, opt, sched, trained_state)
     step, trained_s = ckpt.resume(device)
 
@@ -215,7 +217,9 @@ def cmd_train(args) -> None:
         "max_len": args.max_len,
         "recipe": "training.reranker",
         "command": "python -m training.reranker train " + " ".join(args.argv),
-        "init": "the span reader's layers" if args.init else "the bundled model",
+        "init": str(init.relative_to(init.parents[1])) if args.init else "the bundled model",
+        "init_recipe": json.loads((init.parent / META_FILE).read_text()) if args.init and init.name == WEIGHTS_FILE else None,
+        "skip": args.skip,
         "seed": args.seed,
         "epochs": args.epochs,
         "lr": args.lr,
@@ -330,8 +334,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", type=int, default=20, help="mined negatives kept per question")
     t = sub.add_parser("train")
     t.add_argument("--out", default=str(WEIGHTS))
-    t.add_argument("--init", default=str(READER_WEIGHTS), help="span reader weights to start the encoder from ('' for the bundled model)")
+    start_help = "a span reader's weights (its layers), or a reranker's to continue ('' for the bundled model)"
+    t.add_argument("--init", default=str(READER_WEIGHTS), help=start_help)
     t.add_argument("--limit", type=int, default=0, help="train on the first N prepared questions")
+    t.add_argument("--skip", type=int, default=0, help="start at this prepared question (to continue on new ones)")
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--lr", type=float, default=3e-5)
     t.add_argument("--head-lr", type=float, default=10.0, help="the pooler and score head's learning rate, times --lr")

@@ -95,7 +95,7 @@ class SentenceReader:
                 words = sentence_words[k]
                 overlap = sum(weights[t] for t in q_stems & words) / total if total else 0.0
                 score = (
-                    cfg.reader_weight_cosine * float(cosines[k]) + cfg.reader_weight_overlap * overlap + cfg.reader_weight_passage * h.score
+                    cfg.reader_weight_cosine * float(cosines[k]) + cfg.reader_weight_overlap * overlap + cfg.reader_weight_passage * h.prior
                 )
                 if why:  # a why-question wants a reason: favour sentences that give one
                     score += 0.15 if _CAUSE.search(text) else -0.1
@@ -131,7 +131,7 @@ def _whole_document(index: IndexVersion, hits: list[Hit], rows: dict[int, Passag
     doc_id = rows[top.passage_id].document_id
     extra = [pid for pid in index.store.document_passage_ids(doc_id) if pid not in rows]
     rows = {**rows, **index.store.passages(extra)}
-    return hits + [Hit(pid, top.score) for pid in extra], rows
+    return hits + [Hit(pid, top.score, relevance=top.relevance) for pid in extra], rows
 
 
 def answer_span(question: str, sentence: str, q_stems: set[str], why: bool) -> tuple[int, int]:

@@ -375,7 +375,7 @@ class SpanReader:
                 text = row.text[s.start : s.end]
                 words = {stem(w) for w in re.findall(r"\w+", text)}
                 overlap = len(q_stems & words) / len(q_stems) if q_stems else 0.0
-                score = cfg.span_weight_cosine * float(cosines[k]) + cfg.span_weight_overlap * overlap + cfg.span_weight_passage * h.score
+                score = cfg.span_weight_cosine * float(cosines[k]) + cfg.span_weight_overlap * overlap + cfg.span_weight_passage * h.prior
                 cands.append((score, h.passage_id, j))
                 texts.append(text)
                 k += 1
@@ -451,8 +451,10 @@ class SpanReader:
         texts = [c.row.text[c.start : c.end] for c in contexts]
         spans = read_spans(self.logits, self.tokenizer, question, texts, self.max_len, self.config.span_stride, self.config.span_max_tokens)
         # The reader alone is too sure of a span in a distracting passage: a passage retrieved
-        # below the best one costs its spans `span_passage_weight` logits per unit of fused score.
-        retrieved = {h.passage_id: h.score for h in hits}
+        # below the best one costs its spans `span_passage_weight` logits per unit of its prior
+        # (the fused score, or the reranker's relevance when it re-read the passages).
+        retrieved = {h.passage_id: h.prior for h in hits}
+        fused = {h.passage_id: h.score for h in hits}
         best = max(retrieved.values())
         ranked = sorted(
             (
@@ -477,7 +479,7 @@ class SpanReader:
             s_start = max((a for a, _ in c.sentences if a <= start), default=c.start)
             s_end = min((b for _, b in c.sentences if b >= end), default=c.end)
             score = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, logit))))
-            features = (logit, ranked[0][0] - logit, retrieved.get(row.id, 0.0))
+            features = (logit, ranked[0][0] - logit, fused.get(row.id, 0.0))
             out.append((make_answer(row, start, end, s_start, s_end, score), features))
         return out
 
