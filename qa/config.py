@@ -91,7 +91,9 @@ class Config:
     rerank_passages: int = setting(
         0, "Fused candidates a cross-encoder re-reads and re-orders (0: off; 10: SQuAD recall@1 +0.05, about 0.25 s a question)"
     )
-    rerank_weight: float = setting(20.0, "Re-ordering by the cross-encoder's logit plus this times the fused retrieval score")
+    rerank_weight: float = setting(
+        20.0, "Re-ordering by the cross-encoder's logit plus this times the fused retrieval score; the readers trust passages in that order"
+    )
 
     # Reading.
     reader: str = setting("span", "span (trained, short exact answers) or sentence (no model, fastest)")

@@ -53,6 +53,13 @@ def test_mined_examples_resume_and_shipping(data: Path, tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "w1" / META_FILE).read_text())
     assert meta["train_questions"] == len(examples) and meta["max_len"] == 64
 
+    # Continuing a reranker on the questions after the first two starts from all its weights, head too.
+    train(tmp_path / "w3", "--init", str(tmp_path / "w1"), "--skip", "2", "--epochs", "1", "--lr", "0")
+    three = load_file(str(tmp_path / "w3" / WEIGHTS_FILE))
+    assert all(torch.equal(one[k], three[k]) for k in one)  # learning rate 0: nothing moved from w1
+    continued = json.loads((tmp_path / "w3" / META_FILE).read_text())
+    assert continued["train_questions"] == len(examples) - 2 and continued["init_recipe"] == meta
+
     # The trained layers load onto the bundled model and score a pair on either backend.
     for backend in ("torch", "onnx"):
         config = Config.load(backend=backend, cache=tmp_path / "cache")
