@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
-from qa.readers.calibration import Calibration, fit, reliability
+from qa.readers.calibration import FITTED_SETTINGS, Calibration, fit, reliability
 from qa.readers.span import WEIGHTS, SpanReader
 
 
@@ -72,3 +74,22 @@ def test_fitting_to_f1_credits_answers_that_overlap_the_one_reference() -> None:
     scored = [by_f1.probability(*r["candidates"][0]["features"]) for r in rows]
     assert abs(np.mean(scored) - np.mean([r["candidates"][0]["f1"] for r in rows])) < 0.01
     assert by_f1.extra["label"] == "f1"
+
+
+def test_the_shipped_calibration_was_fitted_at_the_shipped_settings(caplog) -> None:
+    """The score is a probability only at the budget and margin it was fitted at: changing a default
+    without a refit fails here, and a user who changes one is warned that the score no longer holds."""
+    from qa.config import Config
+
+    cal = Calibration.load(WEIGHTS)
+    defaults = Config()
+    assert set(cal.extra.get("settings", {})) == set(FITTED_SETTINGS)
+    assert cal.stale_settings(defaults) == {}, "refit: python -m training.calibrate fit"
+    with caplog.at_level(logging.WARNING, logger="qa.readers.span"):
+        SpanReader(defaults).calibration
+    assert not caplog.records
+    moved = defaults.replace(span_context_tokens=defaults.span_context_tokens + 32)
+    assert cal.stale_settings(moved) == {"span_context_tokens": (defaults.span_context_tokens, defaults.span_context_tokens + 32)}
+    with caplog.at_level(logging.WARNING, logger="qa.readers.span"):
+        SpanReader(moved).calibration
+    assert "span_context_tokens" in caplog.text and "training.calibrate fit" in caplog.text

@@ -26,7 +26,7 @@ import numpy as np
 
 from qa.config import Config
 from qa.metrics import exact_match, f1_score, read_jsonl
-from qa.readers.calibration import Calibration, fit, reliability
+from qa.readers.calibration import FITTED_SETTINGS, Calibration, fit, reliability
 from qa.readers.span import WEIGHTS
 from training.squad_reader import DATA, load_questions, swap_key_term
 
@@ -157,8 +157,11 @@ def cmd_fit(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "calibration_fold"
         folder.mkdir()
-        rows = collect(Config.load(), write_set(questions, folder), questions, args.mode)
+        config = Config.load()
+        rows = collect(config, write_set(questions, folder), questions, args.mode)
     cal = fit_rows(rows, args.mode, args.label)
+    # The features depend on what the reader reads and withholds: a refit is due when these change.
+    cal.extra["settings"] = {k: getattr(config, k) for k in FITTED_SETTINGS}
     weights, bias = cal.weights, cal.bias
     x = np.array([c["features"] for r in rows for c in r["candidates"]])
     y = np.array([c["em"] for r in rows for c in r["candidates"]])

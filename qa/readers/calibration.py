@@ -22,6 +22,8 @@ import numpy as np
 
 FEATURES = ("logit", "gap", "retrieval")
 CALIBRATION_FILE = "calibration.json"
+# The reader's settings the features depend on: a fit records them, and holds only at them.
+FITTED_SETTINGS = ("span_context_tokens", "span_null_margin")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,12 @@ class Calibration:
             return cls()
         data = json.loads(path.read_text())
         return cls(tuple(data["weights"]), float(data["bias"]), data.get("fitted_on", ""), data.get("extra", {}))
+
+    def stale_settings(self, config: object) -> dict[str, tuple]:
+        """The recorded settings that `config` no longer has, {name: (fitted at, now)}: under them
+        the score is no longer a fitted probability, and a refit is due."""
+        fitted = self.extra.get("settings", {})
+        return {k: (v, getattr(config, k)) for k, v in fitted.items() if hasattr(config, k) and getattr(config, k) != v}
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -439,7 +439,15 @@ class SpanReader:
     @cached_property
     def calibration(self) -> Calibration:
         """The shipped reader's fitted calibration; another model's scores stay sigmoid(logit)."""
-        return Calibration.load(WEIGHTS if member_names(self.config.reader_model) == [""] else None)
+        calibration = Calibration.load(WEIGHTS if member_names(self.config.reader_model) == [""] else None)
+        for name, (fitted, now) in calibration.stale_settings(self.config).items():
+            log.warning(
+                "answer scores were fitted with %s=%s, not %s: they are not probabilities now (refit: python -m training.calibrate fit)",
+                name,
+                fitted,
+                now,
+            )
+        return calibration
 
     def candidates(
         self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
