@@ -76,20 +76,27 @@ def test_fitting_to_f1_credits_answers_that_overlap_the_one_reference() -> None:
     assert by_f1.extra["label"] == "f1"
 
 
-def test_the_shipped_calibration_was_fitted_at_the_shipped_settings(caplog) -> None:
-    """The score is a probability only at the budget and margin it was fitted at: changing a default
-    without a refit fails here, and a user who changes one is warned that the score no longer holds."""
+def test_each_shipped_calibration_holds_at_the_settings_it_was_fitted_at(caplog) -> None:
+    """The score is a probability only at the reading budget and margin it was fitted at: the reader
+    picks the fit for its settings (the defaults', or the 128-token one shipped beside it), a
+    default changed without a refit fails here, and other settings get a warning."""
     from qa.config import Config
 
-    cal = Calibration.load(WEIGHTS)
     defaults = Config()
-    assert set(cal.extra.get("settings", {})) == set(FITTED_SETTINGS)
-    assert cal.stale_settings(defaults) == {}, "refit: python -m training.calibrate fit"
+    accurate = defaults.replace(span_context_tokens=128, span_null_margin=-4.0)
+    for config in (defaults, accurate):
+        cal = Calibration.load(WEIGHTS, config)
+        assert set(cal.extra.get("settings", {})) == set(FITTED_SETTINGS)
+        assert cal.stale_settings(config) == {}, "refit: python -m training.calibrate fit"
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="qa.readers.span"):
+            assert SpanReader(config).calibration == cal
+        assert not caplog.records
+    assert Calibration.load(WEIGHTS, accurate) != Calibration.load(WEIGHTS, defaults)
+    other = defaults.replace(span_context_tokens=defaults.span_context_tokens + 32)
+    cal = Calibration.load(WEIGHTS, other)
+    assert cal == Calibration.load(WEIGHTS, defaults)  # no fit for these: the defaults', with a warning
+    assert cal.stale_settings(other) == {"span_context_tokens": (defaults.span_context_tokens, defaults.span_context_tokens + 32)}
     with caplog.at_level(logging.WARNING, logger="qa.readers.span"):
-        SpanReader(defaults).calibration
-    assert not caplog.records
-    moved = defaults.replace(span_context_tokens=defaults.span_context_tokens + 32)
-    assert cal.stale_settings(moved) == {"span_context_tokens": (defaults.span_context_tokens, defaults.span_context_tokens + 32)}
-    with caplog.at_level(logging.WARNING, logger="qa.readers.span"):
-        SpanReader(moved).calibration
+        SpanReader(other).calibration
     assert "span_context_tokens" in caplog.text and "training.calibrate fit" in caplog.text

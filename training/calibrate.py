@@ -1,6 +1,7 @@
 """Fit and check the span reader's score calibration (qa/readers/calibration.py).
 
     python -m training.calibrate fit [--limit N]                 # writes qa/reader_weights/calibration.json
+    QA_SPAN_CONTEXT_TOKENS=128 QA_SPAN_NULL_MARGIN=-4 python -m training.calibrate fit   # the fit for those settings
     python -m training.calibrate report [--set squad] [--limit N] [--mode open|gold]
     python -m training.calibrate tune [--limit N] [--margins 0,-1,-2,-4]  # chooses QA_SPAN_NULL_MARGIN, QA_ANSWER_THRESHOLD
 
@@ -167,7 +168,7 @@ def cmd_fit(args) -> None:
     y = np.array([c["em"] for r in rows for c in r["candidates"]])
     before, ece_before = reliability(1 / (1 + np.exp(-x[:, 0])), y)
     after, ece_after = reliability(np.array([cal.probability(*f) for f in x]), y)
-    cal.save(Path(args.out))
+    path = cal.save(Path(args.out), config)
     print(
         json.dumps(
             {
@@ -177,6 +178,7 @@ def cmd_fit(args) -> None:
                 "fold_ece_after": ece_after,
                 "fold_reliability_after": after,
                 "fold_reliability_before": before,
+                "written": str(path),
             },
             indent=1,
         )

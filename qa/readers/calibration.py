@@ -38,13 +38,21 @@ class Calibration:
         return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
     @classmethod
-    def load(cls, folder: Path | None) -> Calibration:
-        """The calibration shipped beside a reader's weights; the identity when there is none."""
-        path = folder / CALIBRATION_FILE if folder is not None else None
-        if path is None or not path.exists():
-            return cls()
+    def read(cls, path: Path) -> Calibration:
         data = json.loads(path.read_text())
         return cls(tuple(data["weights"]), float(data["bias"]), data.get("fitted_on", ""), data.get("extra", {}))
+
+    @classmethod
+    def load(cls, folder: Path | None, config: object | None = None) -> Calibration:
+        """The calibration shipped beside a reader's weights: the one fitted at `config`'s reading
+        settings when the folder has it (`file_name`), else the defaults' (`calibration.json`); the
+        identity when there is none."""
+        if folder is None:
+            return cls()
+        if config is not None and (path := folder / file_name(config)).exists():
+            return cls.read(path)
+        path = folder / CALIBRATION_FILE
+        return cls.read(path) if path.exists() else cls()
 
     def stale_settings(self, config: object) -> dict[str, tuple]:
         """The recorded settings that `config` no longer has, {name: (fitted at, now)}: under them
@@ -52,10 +60,22 @@ class Calibration:
         fitted = self.extra.get("settings", {})
         return {k: (v, getattr(config, k)) for k, v in fitted.items() if hasattr(config, k) and getattr(config, k) != v}
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, config: object | None = None) -> Path:
+        """Written as `file_name(config)`: `calibration.json` for the default settings."""
         folder.mkdir(parents=True, exist_ok=True)
         data = {"features": list(FEATURES), **asdict(self)}
-        (folder / CALIBRATION_FILE).write_text(json.dumps(data, indent=2) + "\n")
+        path = folder / (file_name(config) if config is not None else CALIBRATION_FILE)
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        return path
+
+
+def file_name(config: object) -> str:
+    """`calibration.json` at the default reading settings; at others, a file named by them (e.g.
+    `calibration-span_context_tokens=128+span_null_margin=-4.0.json`), so that a reader run with
+    those settings still scores with a fitted probability."""
+    defaults = type(config)()
+    changed = [f"{k}={getattr(config, k)}" for k in FITTED_SETTINGS if getattr(config, k) != getattr(defaults, k)]
+    return f"calibration-{'+'.join(changed)}.json" if changed else CALIBRATION_FILE
 
 
 def fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iterations: int = 50) -> tuple[tuple[float, ...], float]:

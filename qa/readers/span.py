@@ -438,8 +438,9 @@ class SpanReader:
 
     @cached_property
     def calibration(self) -> Calibration:
-        """The shipped reader's fitted calibration; another model's scores stay sigmoid(logit)."""
-        calibration = Calibration.load(WEIGHTS if member_names(self.config.reader_model) == [""] else None)
+        """The shipped reader's calibration fitted at this reader's settings (the defaults' when there
+        is none for them, with a warning); another model's scores stay sigmoid(logit)."""
+        calibration = Calibration.load(WEIGHTS if member_names(self.config.reader_model) == [""] else None, self.config)
         for name, (fitted, now) in calibration.stale_settings(self.config).items():
             log.warning(
                 "answer scores were fitted with %s=%s, not %s: they are not probabilities now (refit: python -m training.calibrate fit)",
