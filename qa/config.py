@@ -114,7 +114,7 @@ class Config:
     span_stride: int = setting(64, "Overlap of those windows, in tokens")
     reader_precision: str = setting("int8", "The span reader's weights on the ONNX backends: int8 or float")
     why_reader: str = setting("span,sentence", "Why-questions, span reader on: span, sentence (reason clauses), or both in the order tried")
-    span_null_margin: float = setting(-3.0, "A span is withheld unless its logit beats the no-answer logit by more than this")
+    span_null_margin: float = setting(-4.0, "A span is withheld unless its logit beats the no-answer logit by more than this")
     span_passage_weight: float = setting(40.0, "Logits a span loses per unit of retrieval score below the best passage")
     reader_threads: int = setting(1, "Threads for the span reader on torch (0: torch's default)")
     reader_weight_cosine: float = setting(0.45, "Sentence reader: weight of a sentence's cosine with the question")

@@ -76,23 +76,25 @@ def test_fitting_to_f1_credits_answers_that_overlap_the_one_reference() -> None:
     assert by_f1.extra["label"] == "f1"
 
 
-def test_each_shipped_calibration_holds_at_the_settings_it_was_fitted_at(caplog) -> None:
-    """The score is a probability only at the reading budget and margin it was fitted at: the reader
-    picks the fit for its settings (the defaults', or the 128-token one shipped beside it), a
-    default changed without a refit fails here, and other settings get a warning."""
+def test_each_shipped_calibration_holds_at_the_settings_it_was_fitted_at(caplog, tmp_path) -> None:
+    """The score is a probability only at the reading budget and margin it was fitted at: every
+    shipped fit is found by its settings, the defaults have one (a default changed without a refit
+    fails here), other settings get the defaults' fit with a warning, and a fit made at them is
+    written under their name and taken there only."""
     from qa.config import Config
 
     defaults = Config()
-    accurate = defaults.replace(span_context_tokens=128, span_null_margin=-4.0)
-    for config in (defaults, accurate):
-        cal = Calibration.load(WEIGHTS, config)
+    shipped = [Calibration.read(path) for path in sorted(WEIGHTS.glob("calibration*.json"))]
+    assert Calibration.load(WEIGHTS, defaults) in shipped
+    for cal in shipped:
         assert set(cal.extra.get("settings", {})) == set(FITTED_SETTINGS)
-        assert cal.stale_settings(config) == {}, "refit: python -m training.calibrate fit"
+        config = defaults.replace(**cal.extra["settings"])
+        assert Calibration.load(WEIGHTS, config) == cal
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="qa.readers.span"):
             assert SpanReader(config).calibration == cal
         assert not caplog.records
-    assert Calibration.load(WEIGHTS, accurate) != Calibration.load(WEIGHTS, defaults)
+    assert Calibration.load(WEIGHTS, defaults).stale_settings(defaults) == {}, "refit: python -m training.calibrate fit"
     other = defaults.replace(span_context_tokens=defaults.span_context_tokens + 32)
     cal = Calibration.load(WEIGHTS, other)
     assert cal == Calibration.load(WEIGHTS, defaults)  # no fit for these: the defaults', with a warning
@@ -100,3 +102,7 @@ def test_each_shipped_calibration_holds_at_the_settings_it_was_fitted_at(caplog)
     with caplog.at_level(logging.WARNING, logger="qa.readers.span"):
         SpanReader(other).calibration
     assert "span_context_tokens" in caplog.text and "training.calibrate fit" in caplog.text
+    fitted = Calibration((0.5, -0.1, 1.0), 0.2, "a fit at other settings", {"settings": {k: getattr(other, k) for k in FITTED_SETTINGS}})
+    assert fitted.save(tmp_path, other).name == f"calibration-span_context_tokens={other.span_context_tokens}.json"
+    assert Calibration.load(tmp_path, other) == fitted and fitted.stale_settings(other) == {}
+    assert Calibration.load(tmp_path, defaults) == Calibration()  # no defaults' fit in that folder

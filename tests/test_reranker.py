@@ -86,7 +86,9 @@ def test_the_onnx_reranker_scores_as_torch_does(shipped: Reranker) -> None:
     for _, _, question, _ in QUESTIONS[:4]:
         a, b = shipped.scores(question, passages), torch_scores.scores(question, passages)
         assert np.argmax(a) == np.argmax(b)
-        assert np.abs(a - b).max() < 0.5  # int8 weights: close, not equal
+        # int8 weights: close, not equal, and how close depends on the CPU's int8 arithmetic (up to
+        # 0.59 logits on a scores' range of 19 on an AVX2 machine without VNNI; under 0.5 with it).
+        assert np.abs(a - b).max() < 0.05 * np.ptp(b)
 
 
 def test_reranking_reorders_the_passages_the_service_returns(sample_index: Config, embedder) -> None:

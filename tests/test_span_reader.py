@@ -17,6 +17,7 @@ from qa.readers.span import (
     encode,
     load_qa_model,
     member_names,
+    read_spans,
 )
 from tests.conftest import IBM_QUESTION
 
@@ -79,6 +80,47 @@ def test_best_spans_respects_context_and_length():
     spans = best_spans(start, end, seq, offsets, max_tokens=3, per_window=1)
     assert spans[0][:2] == (0, 14) and spans[0][2] == pytest.approx(17.0 - 10.0)
     assert best_spans(start, end, seq, offsets, max_tokens=2, per_window=1)[0][:2] != (0, 14)
+
+
+def test_best_spans_never_run_from_one_packed_context_into_the_next():
+    import numpy as np
+
+    start = np.array([0.0, 0.0, 9.0, 1.0, 0.0])
+    end = np.array([0.0, 0.0, 0.0, 1.0, 8.0])
+    seq = [None, 0, 1, 1, 1]
+    offsets = [(0, 0), (0, 3), (0, 4), (5, 9), (10, 14)]  # "aaaa bbbb cccc": contexts "aaaa bbbb" and "cccc"
+    assert best_spans(start, end, seq, offsets, max_tokens=3, per_window=1)[0][:2] == (0, 14)
+    spans = best_spans(start, end, seq, offsets, max_tokens=3, per_window=4, breaks=[0, 10])
+    assert spans and all((a < 10) == (b <= 10) for a, b, _ in spans)
+
+
+class _CountingLogits:
+    """The tiny model's logits, counting the windows it is given."""
+
+    def __init__(self, logits) -> None:
+        self.logits, self.shapes = logits, []
+
+    def __call__(self, inputs):
+        self.shapes.append(inputs["input_ids"].shape)
+        return self.logits(inputs)
+
+
+@pytest.mark.parametrize("max_len", [256, 24])
+def test_a_questions_contexts_are_read_as_one_text_and_spans_map_back(tiny_model, tmp_path, max_len):
+    """One window holds the question once and every context (overlapping windows only past
+    `max_len`); each span comes back in its own context's offsets, never across two."""
+    cfg = Config().replace(reader_model=str(tiny_model), cache=tmp_path)
+    reader = SpanReader(cfg)
+    logits = _CountingLogits(TorchLogits(reader.model, 1))
+    contexts = ["Inspur would use IBM's Power8 chips.", "Bloomberg reported the deal.", "Ginni Rometty is the chief executive of IBM."]
+    spans = read_spans(logits, reader.tokenizer, "What chips?", contexts, max_len, 8, max_tokens=30)
+    windows = sum(shape[0] for shape in logits.shapes)
+    assert windows == 1 if max_len == 256 else windows > 1
+    assert {sp.context for sp in spans} == {0, 1, 2}  # random weights: some span in each context
+    for sp in spans:
+        text = contexts[sp.context][sp.start : sp.end]
+        assert text and 0 <= sp.start < sp.end <= len(contexts[sp.context])
+        assert text in " ".join(contexts)
 
 
 def test_any_named_qa_model_reads_through_the_pipeline(tiny_model, sample_index, embedder, tmp_path):

@@ -1,7 +1,7 @@
 """Fit and check the span reader's score calibration (qa/readers/calibration.py).
 
     python -m training.calibrate fit [--limit N]                 # writes qa/reader_weights/calibration.json
-    QA_SPAN_CONTEXT_TOKENS=128 QA_SPAN_NULL_MARGIN=-4 python -m training.calibrate fit   # the fit for those settings
+    QA_SPAN_CONTEXT_TOKENS=128 python -m training.calibrate fit   # a fit for other settings, beside it
     python -m training.calibrate report [--set squad] [--limit N] [--mode open|gold]
     python -m training.calibrate tune [--limit N] [--margins 0,-1,-2,-4]  # chooses QA_SPAN_NULL_MARGIN, QA_ANSWER_THRESHOLD
 

@@ -71,7 +71,7 @@ class Calibration:
 
 def file_name(config: object) -> str:
     """`calibration.json` at the default reading settings; at others, a file named by them (e.g.
-    `calibration-span_context_tokens=128+span_null_margin=-4.0.json`), so that a reader run with
+    `calibration-span_context_tokens=128.json`), so that a reader run with
     those settings still scores with a fitted probability."""
     defaults = type(config)()
     changed = [f"{k}={getattr(config, k)}" for k in FITTED_SETTINGS if getattr(config, k) != getattr(defaults, k)]

@@ -10,7 +10,8 @@ whose start and end logits are the members' mean (more accurate, one forward pas
 
 Reading is one forward pass per question: the sentences of the retrieved passages are ranked by
 their index-time embeddings, the best ones (up to `span_context_tokens` tokens) are grouped back
-into contiguous stretches of their passages, and all stretches go through the model in one batch.
+into contiguous stretches of their passages, and the stretches are read as one text after the
+question: one window, the question once, no span across two stretches.
 The no-answer score is SQuAD 2's: the [CLS] start plus end logits. When the no-answer logit wins,
 the span is withheld. Spans are ranked, and scored, by sigmoid(span logit - no-answer logit -
 `span_passage_weight` x how far their passage's retrieval score is below the best passage's); a
@@ -19,6 +20,8 @@ span whose score is below `answer_threshold` is withheld.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import logging
 import math
@@ -155,8 +158,10 @@ def best_spans(
     max_tokens: int,
     top_n: int = 20,
     per_window: int = 2,
+    breaks: list[int] | None = None,
 ) -> list[tuple[int, int, float]]:
-    """Up to `per_window` non-overlapping (char_start, char_end, span - null) in one window."""
+    """Up to `per_window` non-overlapping (char_start, char_end, span - null) in one window; with
+    `breaks` (where each packed context starts), no span runs from one context into the next."""
     ctx = [i for i, s in enumerate(sequence_ids) if s == 1]
     if not ctx:
         return []
@@ -168,6 +173,8 @@ def best_spans(
     for s in s_idx:
         for e in e_idx:
             if e < s or e - s + 1 > max_tokens:
+                continue
+            if breaks and bisect.bisect_right(breaks, offsets[s][0]) != bisect.bisect_right(breaks, offsets[e][1] - 1):
                 continue
             cands.append((float(start_logits[s] + end_logits[e]) - null, int(s), int(e)))
     cands.sort(reverse=True)
@@ -255,27 +262,42 @@ def onnx_logits(model, sources: list[Path], cache: Path, quantize: bool) -> Onnx
     return OnnxLogits(path)
 
 
+#: What stands between two contexts packed into one text.
+JOINER = " "
+
+
 def read_spans(logits: Logits, tokenizer, question: str, contexts: list[str], max_len: int, stride: int, max_tokens: int, batch: int = 16):
-    """All candidate spans of `contexts`, best first, from one batched model run per `batch` windows."""
+    """All candidate spans of `contexts`, best first.
+
+    The contexts are read as one text after the question (in overlapping windows only past
+    `max_len`), not one window each: the question once and no padding, and the model weighs the
+    contexts against each other. On the calibration fold that read 27% faster and 0.011 (gold) and
+    0.016 (open) F1 better than a window each (docs/reader.md). No span crosses from one context
+    into the next; each span's offsets are in its own context's text.
+    """
     if not contexts:
         return []
-    enc = encode(tokenizer, question, contexts, max_len, stride)
-    mapping = enc.pop("overflow_to_sample_mapping").tolist()
+    breaks = list(itertools.accumulate((len(t) + len(JOINER) for t in contexts[:-1]), initial=0))
+    enc = encode(tokenizer, question, [JOINER.join(contexts)], max_len, stride)
+    windows = len(enc.pop("overflow_to_sample_mapping"))
     offsets = enc.pop("offset_mapping").tolist()
     inputs = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     if "token_type_ids" not in inputs:
         inputs["token_type_ids"] = np.zeros_like(inputs["input_ids"])
     starts, ends = [], []
-    for i in range(0, len(mapping), batch):
+    for i in range(0, windows, batch):
         start, end = logits({k: v[i : i + batch] for k, v in inputs.items()})
         starts.append(start)
         ends.append(end)
     start_logits, end_logits = np.concatenate(starts), np.concatenate(ends)
     spans: list[Span] = []
-    for w, c in enumerate(mapping):
+    per_window = 2 * len(contexts)  # as many spans as a window each would give
+    for w in range(windows):
         seq_ids = enc.sequence_ids(w)
-        for a, b, logit in best_spans(start_logits[w], end_logits[w], seq_ids, offsets[w], max_tokens):
-            spans.append(Span(c, a, b, logit))
+        found = best_spans(start_logits[w], end_logits[w], seq_ids, offsets[w], max_tokens, per_window=per_window, breaks=breaks)
+        for a, b, logit in found:
+            c = bisect.bisect_right(breaks, a) - 1
+            spans.append(Span(c, a - breaks[c], b - breaks[c], logit))
     spans.sort(key=lambda s: -s.logit)
     return spans
 
