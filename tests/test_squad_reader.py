@@ -98,30 +98,6 @@ def test_windows_hold_their_answers_and_negatives_do_not(data: Path) -> None:
     assert sum(f["start"] > 0 for f in feats) == len(positives) and sum(f["start"] == 0 for f in feats) == len(examples) - len(positives)
 
 
-def test_packed_windows_read_the_answer_among_other_paragraphs_sentences(data: Path) -> None:
-    from transformers import AutoTokenizer
-
-    from qa.embedding import resolve_model
-    from qa.readers.span import JOINER
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2"))
-    flags = ["--pack", "1", "--same-paragraph", "0", "--other-paragraph", "0", "--hard", "0", "--context-tokens", "40"]
-    args = parser().parse_args(["train", *flags])
-    questions = load_questions(data, "train")
-    examples = build_examples(questions, tokenizer, args, random.Random(3))
-    answers = {q["question"]: q["answers"][0] for q in questions}
-    own = {q["question"]: q["paragraph"] for q in questions}
-    assert len(examples) == len(QUESTIONS)
-    mixed = 0
-    for e in examples:
-        assert e["context"][e["start"] : e["end"]] == answers[e["question"]]
-        assert len(tokenizer(e["context"], add_special_tokens=False)["input_ids"]) <= 40
-        sentences = [s.strip(".") for s in e["context"].split("." + JOINER)]
-        mixed += any(s not in own[e["question"]] for s in sentences)
-    # Each article has two paragraphs, and the budget leaves room for the other one's sentences.
-    assert mixed >= len(QUESTIONS) // 2
-
-
 def test_a_run_resumed_from_its_checkpoint_ends_where_an_unbroken_one_does(data: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

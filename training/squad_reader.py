@@ -20,10 +20,6 @@ No-answer targets ([CLS]) come from three kinds of windows:
   the same kind from the same article and absent from the window, read with the answer's own window,
   so that the window holds a plausible-looking wrong span (SQuAD 2.0's unanswerable kind).
 
-`--pack` reads a share of the answer windows as the service reads a question's evidence in open
-mode: the answer's sentences among the sentences of other paragraphs of the article that share the
-most words with the question, grouped into stretches a paragraph each and joined into one text.
-
 The run is resumable: every `--checkpoint-every` steps the trained weights, the optimiser and the
 step go to `--checkpoints`; running the same command again continues from the last one (the batch
 order is a function of the seed, so the result is the same as an uninterrupted run).
@@ -146,58 +142,6 @@ def swap_key_term(question: str, article_text: str, window_text: str, rng: rando
     return None
 
 
-def packed_window(
-    q: dict, paragraphs: dict[str, str], split: dict, budget: int, rng: random.Random, others: int = 7
-) -> tuple[str, int, int]:
-    """(context, answer start, answer end): the answer's sentences and the sentences that share the
-    most words with the question, from its paragraph and up to `others` more of its article, chosen
-    up to `budget` tokens the way the service chooses them (`SpanReader.contexts`): a stretch of
-    contiguous chosen sentences a paragraph, the stretches joined by JOINER, best first."""
-    from qa.readers.base import question_stems, stem
-    from qa.readers.span import JOINER
-
-    q_stems = question_stems(q["question"]) or {""}
-    pool = [q["context_id"], *rng.sample([p for p in paragraphs if p != q["context_id"]], min(others, len(paragraphs) - 1))]
-    spans, lengths = split[q["context_id"]]
-    first = next((i for i, (_, b) in enumerate(spans) if b > q["start"]), len(spans) - 1)
-    last = next((i for i, (_, b) in enumerate(spans) if b >= q["end"]), len(spans) - 1)
-    chosen: dict[str, dict[int, float]] = {q["context_id"]: {j: 1.0 for j in range(first, last + 1)}}
-    used = sum(lengths[first : last + 1])
-    scored = []
-    for pid in pool:
-        for j, (a, b) in enumerate(split[pid][0]):
-            words = {stem(w) for w in re.findall(r"\w+", paragraphs[pid][a:b])}
-            # Word overlap, a little noise for what the service's sentence vectors add, and the
-            # answer's paragraph a little ahead, as retrieval usually puts it.
-            scored.append((len(q_stems & words) / len(q_stems) + 0.3 * rng.random() + 0.1 * (pid == q["context_id"]), pid, j))
-    for score, pid, j in sorted(scored, reverse=True):
-        n = split[pid][1][j]
-        if j in chosen.get(pid, {}) or used + n > budget:
-            continue
-        chosen.setdefault(pid, {})[j] = score
-        used += n
-    stretches: list[tuple[float, str, int, int]] = []  # (best score, paragraph, first, last sentence)
-    for pid, js in chosen.items():
-        run: list[int] = []
-        for j in sorted(js) + [None]:
-            if run and (j is None or j != run[-1] + 1):
-                stretches.append((max(js[i] for i in run), pid, run[0], run[-1]))
-                run = []
-            if j is not None:
-                run.append(j)
-    stretches.sort(key=lambda s: -s[0])
-    parts, start = [], -1
-    offset = 0
-    for _, pid, lo, hi in stretches:
-        sp = split[pid][0]
-        a, b = sp[lo][0], sp[hi][1]
-        if pid == q["context_id"] and lo <= first and hi >= last:
-            start = offset + q["start"] - a
-        parts.append(paragraphs[pid][a:b])
-        offset += b - a + len(JOINER)
-    return JOINER.join(parts), start, start + q["end"] - q["start"]
-
-
 def build_examples(questions: list[dict], tokenizer, args, rng: random.Random) -> list[dict]:
     """(question, context, answer offsets in the context or None) for every training window."""
     by_title: dict[str, dict[str, str]] = {}
@@ -211,20 +155,15 @@ def build_examples(questions: list[dict], tokenizer, args, rng: random.Random) -
             lengths = [len(ids) for ids in tokenizer([text[a:b] for a, b in spans], add_special_tokens=False)["input_ids"]]
             split[pid] = (spans, lengths)
     out: list[dict] = []
-    kinds = {"answer": 0, "packed": 0, "same_paragraph": 0, "other_paragraph": 0, "hard": 0}
-    pack = getattr(args, "pack", 0.0)
+    kinds = {"answer": 0, "same_paragraph": 0, "other_paragraph": 0, "hard": 0}
     for q in questions:
         spans, lengths = split[q["context_id"]]
         first = next((i for i, (_, b) in enumerate(spans) if b > q["start"]), len(spans) - 1)
         last = next((i for i, (_, b) in enumerate(spans) if b >= q["end"]), len(spans) - 1)
+        lo, hi = window(spans, lengths, first, last, args.context_tokens, rng)
+        a, b = spans[lo][0], spans[hi][1]
         text = q["paragraph"]
-        if pack and len(by_title[q["title"]]) > 1 and rng.random() < pack:
-            context, start, end = packed_window(q, by_title[q["title"]], split, args.context_tokens, rng)
-            kinds["packed"] += 1
-        else:
-            lo, hi = window(spans, lengths, first, last, args.context_tokens, rng)
-            context, start, end = text[spans[lo][0] : spans[hi][1]], q["start"] - spans[lo][0], q["end"] - spans[lo][0]
-        out.append({"question": q["question"], "context": context, "start": start, "end": end})
+        out.append({"question": q["question"], "context": text[a:b], "start": q["start"] - a, "end": q["end"] - a})
         kinds["answer"] += 1
         if rng.random() < args.same_paragraph:  # sentences of the paragraph that do not hold the answer
             free = [i for i, (x, y) in enumerate(spans) if not any(ans in text[x:y] for ans in q["answers"])]
@@ -252,9 +191,9 @@ def build_examples(questions: list[dict], tokenizer, args, rng: random.Random) -
                 )
                 kinds["other_paragraph"] += 1
         if rng.random() < args.hard:
-            swapped = swap_key_term(q["question"], articles[q["title"]], context, rng)
+            swapped = swap_key_term(q["question"], articles[q["title"]], text[a:b], rng)
             if swapped is not None:
-                out.append({"question": swapped, "context": context, "start": None, "end": None})
+                out.append({"question": swapped, "context": text[a:b], "start": None, "end": None})
                 kinds["hard"] += 1
     print(f"windows: {json.dumps(kinds)}", flush=True)
     return out
@@ -334,7 +273,6 @@ def signature(args, n_feats: int) -> str:
         "same_paragraph",
         "other_paragraph",
         "hard",
-        "pack",
         "limit",
         "init",
     )
@@ -489,7 +427,6 @@ def cmd_train(args) -> None:
         "context_tokens": args.context_tokens,
         "max_len": args.max_len,
         "negatives": {"same_paragraph": args.same_paragraph, "other_paragraph": args.other_paragraph, "hard": args.hard},
-        "pack": args.pack,
         "precision": "bf16" if bf16 else "fp32",
         "device": str(device),
         "train_questions": len(questions),
@@ -538,7 +475,6 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--same-paragraph", type=float, default=0.3, help="share of questions also read without their answer's sentences")
     t.add_argument("--other-paragraph", type=float, default=0.1, help="share also read with another paragraph of the article")
     t.add_argument("--hard", type=float, default=0.3, help="share also asked with a swapped key term (unanswerable)")
-    t.add_argument("--pack", type=float, default=0.0, help="share of answer windows read packed, as in open mode (see the docstring)")
     t.add_argument("--limit", type=int, default=0, help="train on the first N (shuffled) questions")
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--device", default="auto", help="auto (cuda when torch sees one), cpu, cuda")
