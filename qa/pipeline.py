@@ -51,7 +51,8 @@ class Pipeline:
         hits = self.retriever.retrieve(index, vector, question, wanted, filters)
         rows = index.store.passages([h.passage_id for h in hits])
         if self.config.rerank_passages:
-            hits = self.reranker.rerank(question, hits, rows)
+            head = [h.passage_id for h in hits[: self.config.rerank_passages]]
+            hits = self.reranker.rerank(question, hits, rows, index.store.sentences(head))
         answers = self.reader.read(question, vector, index, hits, rows)
         passages = [
             PassageHit(

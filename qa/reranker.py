@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import threading
 from dataclasses import replace
 from functools import cached_property
@@ -24,8 +25,9 @@ import numpy as np
 
 from qa.config import Config
 from qa.embedding import resolve_model
+from qa.readers.base import question_stems, stem
 from qa.retriever import Hit
-from qa.store import PassageRow
+from qa.store import PassageRow, SentenceRow
 
 WEIGHTS = Path(__file__).resolve().parent / "reranker_weights"
 META_FILE = "reranker.json"
@@ -125,16 +127,48 @@ class Reranker:
         inputs = {k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
         return np.asarray(self._run(inputs), dtype=np.float32)
 
-    def rerank(self, question: str, hits: list[Hit], rows: dict[int, PassageRow]) -> list[Hit]:
+    def texts(self, question: str, rows: list[PassageRow], sentences: dict[int, list[SentenceRow]]) -> list[str]:
+        """What the cross-encoder reads of each passage: its sentences that share the most words with
+        the question, in their order, up to `rerank_context_tokens` (the whole passage at 0, or where
+        it has no sentences). Less to read, and less to distract it (docs/evaluation.md)."""
+        budget = self.config.rerank_context_tokens
+        if budget <= 0:
+            return [r.text for r in rows]
+        _, tokenizer, _ = self._loaded
+        parts = [[r.text[s.start : s.end] for s in sentences.get(r.id, [])] for r in rows]
+        flat = [t for p in parts for t in p]
+        with _TOKENIZING:
+            lengths = iter([len(ids) for ids in tokenizer(flat, add_special_tokens=False)["input_ids"]] if flat else [])
+        q = question_stems(question)
+        out = []
+        for row, sents in zip(rows, parts):
+            lens = [next(lengths) for _ in sents]
+            if not sents:
+                out.append(row.text)
+                continue
+            overlap = [len(q & {stem(w) for w in re.findall(r"\w+", t)}) for t in sents]
+            keep, used = [], 0
+            for i in sorted(range(len(sents)), key=lambda i: (-overlap[i], i)):
+                if used and used + lens[i] > budget:
+                    continue
+                keep.append(i)
+                used += lens[i]
+            out.append(" ".join(sents[i] for i in sorted(keep)))
+        return out
+
+    def rerank(
+        self, question: str, hits: list[Hit], rows: dict[int, PassageRow], sentences: dict[int, list[SentenceRow]] | None = None
+    ) -> list[Hit]:
         """The top `rerank_passages` hits re-ordered by the cross-encoder's logit plus `rerank_weight`
         times their fused score; the rest keep their order below them. Each re-read hit carries its
         probability of answering the question (`Hit.rerank`) and the score it is ordered by
-        (`Hit.relevance`), which the readers then trust instead of the fused score."""
+        (`Hit.relevance`), which the readers then trust instead of the fused score. `sentences`
+        (the store's, by passage) let it read each passage's best sentences only."""
         n = self.config.rerank_passages
         head = [h for h in hits[:n] if h.passage_id in rows]
         if n <= 0 or len(head) < 2:
             return hits
-        logits = self.scores(question, [rows[h.passage_id].text for h in head])
+        logits = self.scores(question, self.texts(question, [rows[h.passage_id] for h in head], sentences or {}))
         w = self.config.rerank_weight
         # The order, in the fused score's units (what the readers weigh passages by): weight 0 leaves
         # it to the cross-encoder alone.

@@ -91,6 +91,26 @@ def test_the_onnx_reranker_scores_as_torch_does(shipped: Reranker) -> None:
         assert np.abs(a - b).max() < 0.05 * np.ptp(b)
 
 
+def test_the_reranker_reads_each_passages_sentences_that_match_the_question(shipped: Reranker) -> None:
+    from qa.store import PassageRow, SentenceRow
+    from training.squad_reader import sentence_spans
+
+    rows, sentences = [], {}
+    for k, text in enumerate(t for texts in ARTICLES.values() for t in texts):
+        rows.append(PassageRow(k, f"d{k}", 0, 0, len(text), text, "t", None, None, None))
+        sentences[k] = [SentenceRow(10 * k + j, k, a, b) for j, (a, b) in enumerate(sentence_spans(text))]
+    question = "Who was the first master of the harbour?"
+    short = Reranker(shipped.config.replace(rerank_context_tokens=12))
+    short._loaded = shipped._loaded  # the same model, a smaller budget
+    texts = short.texts(question, rows, sentences)
+    assert texts[0] == "Its first master was Edith Varley."  # the sentence with most of the question's words
+    assert all(t and t in rows[k].text for k, t in enumerate(texts))  # each passage keeps at least a sentence
+    assert texts[1] != rows[1].text  # a passage over the budget is cut to its best sentences
+    assert shipped.texts(question, rows, {}) == [r.text for r in rows]  # no sentences: the whole passage
+    whole = Reranker(shipped.config.replace(rerank_context_tokens=0))
+    assert whole.texts(question, rows, sentences) == [r.text for r in rows]
+
+
 def test_reranking_reorders_the_passages_the_service_returns(sample_index: Config, embedder) -> None:
     question = "Who is IBM's chief executive?"
     plain = Pipeline(sample_index, embedder).ask(question, top_k=5)

@@ -259,7 +259,7 @@ def cmd_tune(args) -> None:
     under every setting. Choose on the fusion fold; the held-out sets only confirm."""
     from qa.embedding import files_key
 
-    cache = Path(args.work) / f"tune-{args.set}-{args.depth}-{args.limit}-{files_key(WEIGHTS)}.json"
+    cache = Path(args.work) / f"tune-{args.set}-{args.depth}-{args.limit}-{Config.load().rerank_context_tokens}-{files_key(WEIGHTS)}.json"
     if cache.exists():
         found, took = json.loads(cache.read_text())
     else:
@@ -307,7 +307,8 @@ def _candidates(args) -> tuple[list, list]:
         rows = index.store.passages([h.passage_id for h in hits])
         hits = [h for h in hits if h.passage_id in rows]
         started = time.perf_counter()
-        logits = reranker.scores(q["question"], [rows[h.passage_id].text for h in hits[: args.depth]])
+        head = [rows[h.passage_id] for h in hits[: args.depth]]
+        logits = reranker.scores(q["question"], reranker.texts(q["question"], head, index.store.sentences([r.id for r in head])))
         took.append((time.perf_counter() - started) * 1000)
         found.append(([rows[h.passage_id].document_id == q["context_id"] for h in hits], [h.score for h in hits], logits.tolist()))
     return found, took
