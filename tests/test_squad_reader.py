@@ -132,3 +132,37 @@ def test_a_run_resumed_from_its_checkpoint_ends_where_an_unbroken_one_does(data:
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     meta = json.loads((tmp_path / "resumed" / "reader.json").read_text())
     assert meta["device"] == "cpu" and meta["train_windows"] > len(QUESTIONS)
+
+
+def test_a_teachers_span_logits_land_on_the_students_tokens_and_a_distilled_run_records_it(data: Path, tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer
+
+    from qa.embedding import resolve_model
+    from qa.readers.span import load_qa_model
+    from training.squad_reader import teacher_targets
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2"))
+    args = parser().parse_args(["train", "--data", str(data)])
+    examples = build_examples(load_questions(data), tokenizer, args, random.Random(0))
+    feats = featurize(tokenizer, examples, 192)
+    teacher_targets("shipped", tokenizer, examples, feats, 192, torch.device("cpu"))
+    model, _ = load_qa_model(None)
+    for f in feats[:4]:
+        enc = tokenizer(examples[f["example"]]["question"], examples[f["example"]]["context"], return_tensors="pt")
+        with torch.inference_mode():
+            out = model(**enc)
+        context = np.array(enc.sequence_ids(0)) == 1
+        # the same tokenizer: every context token is its own counterpart, [CLS] keeps the no-answer logit
+        np.testing.assert_allclose(f["t_start"][context], out.start_logits[0].numpy()[context], atol=0.02, rtol=0.01)
+        np.testing.assert_allclose(f["t_end"][0], out.end_logits[0, 0].item(), atol=0.02, rtol=0.01)
+        assert (f["t_start"][1 : context.argmax()] == -1e4).all()  # the question is never an answer
+
+    run = ["train", "--data", str(data), "--out", str(tmp_path / "student"), "--checkpoints", str(tmp_path / "ck")]
+    args = parser().parse_args([*run, "--teacher", "shipped", "--batch", "4", "--threads", "1", "--precision", "fp32"])
+    args.argv, args.stop_after = [], 0
+    cmd_train(args)
+    meta = json.loads((tmp_path / "student" / "reader.json").read_text())
+    assert meta["teacher"] == {"model": "shipped", "distill": 0.5, "temperature": 2.0}
+    assert (tmp_path / "student" / "top_layers.safetensors").exists()

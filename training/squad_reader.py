@@ -1,6 +1,9 @@
 """`make train-reader`: the span reader trained on all of SQuAD v1.1 train, resumable, on a CPU or a GPU.
 
     python -m training.squad_reader train [--epochs 1] [--limit N] [--checkpoints DIR] [--out qa/reader_weights]
+    python -m training.squad_reader train --base ENCODER --out DIR      # another encoder, e.g. a teacher
+    python -m training.squad_reader train --teacher DIR [--distill 0.5] # the bundled model learning from it
+    python -m training.squad_reader score --models shipped,DIR [--limit N]
 
 Data (../shared/data, never committed):
 - trains on `squad11_train` (all 442 articles but the CALIBRATION fold) and the RealTimeQA training
@@ -199,18 +202,18 @@ def build_examples(questions: list[dict], tokenizer, args, rng: random.Random) -
     return out
 
 
+def encode_windows(tokenizer, windows: list[dict], max_len: int, **kwargs):
+    """Each window's question and context as the model reads them (the context cut to fit), with offsets."""
+    questions, contexts = [w["question"] for w in windows], [w["context"] for w in windows]
+    return tokenizer(questions, contexts, truncation="only_second", max_length=max_len, return_offsets_mapping=True, **kwargs)
+
+
 def featurize(tokenizer, examples: list[dict], max_len: int) -> list[dict]:
     """Input ids, token types, and start/end token targets (0, the [CLS] token, for no answer)."""
     feats = []
     for k in range(0, len(examples), 4096):
         chunk = examples[k : k + 4096]
-        enc = tokenizer(
-            [e["question"] for e in chunk],
-            [e["context"] for e in chunk],
-            truncation="only_second",
-            max_length=max_len,
-            return_offsets_mapping=True,
-        )
+        enc = encode_windows(tokenizer, chunk, max_len)
         for w, e in enumerate(chunk):
             seq, offsets = enc.sequence_ids(w), enc["offset_mapping"][w]
             s_tok = e_tok = 0
@@ -220,8 +223,56 @@ def featurize(tokenizer, examples: list[dict], max_len: int) -> list[dict]:
                 if not inside:
                     continue  # the answer was cut off by truncation: no clean target
                 s_tok, e_tok = inside[0], inside[-1]
-            feats.append({"input_ids": enc["input_ids"][w], "token_type_ids": enc["token_type_ids"][w], "start": s_tok, "end": e_tok})
+            feat = {"input_ids": enc["input_ids"][w], "start": s_tok, "end": e_tok, "example": k + w}
+            if "token_type_ids" in enc:  # BERT's; MPNet has none
+                feat["token_type_ids"] = enc["token_type_ids"][w]
+            feats.append(feat)
     return feats
+
+
+def teacher_targets(teacher: str, tokenizer, examples: list[dict], feats: list[dict], max_len: int, device, batch: int = 32) -> None:
+    """Adds a teacher model's start and end logits, on the student's tokens, to every window.
+
+    The teacher may split words differently (another encoder): a student token takes the logit of
+    the teacher token that starts (for a start) or ends (for an end) at the same character of the
+    context; [CLS], the no-answer position, takes the teacher's first token's; tokens without a
+    counterpart (the question, separators, a split the teacher does not share) get -1e4, nothing.
+    """
+    import torch
+
+    from qa.readers.span import load_qa_model
+
+    model, teacher_tokenizer = load_qa_model(None if teacher == "shipped" else teacher)
+    model.to(device)
+    started = time.time()
+    for k in range(0, len(feats), batch):
+        chunk = feats[k : k + batch]
+        windows = [examples[f["example"]] for f in chunk]
+        mine = encode_windows(tokenizer, windows, max_len)
+        theirs = encode_windows(teacher_tokenizer, windows, max_len, padding=True, return_tensors="pt")
+        their_offsets = theirs.pop("offset_mapping").tolist()
+        with torch.inference_mode():
+            out = model(**{name: v.to(device) for name, v in theirs.items()})
+        starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+        for j, f in enumerate(chunk):
+            if mine["input_ids"][j] != f["input_ids"]:
+                raise ValueError("the student's windows changed between featurizing and distilling")
+            seq = theirs.sequence_ids(j)
+            by_start = {their_offsets[j][i][0]: i for i, s in enumerate(seq) if s == 1}
+            by_end = {their_offsets[j][i][1]: i for i, s in enumerate(seq) if s == 1}
+            t_start = np.full(len(f["input_ids"]), -1e4, np.float32)
+            t_end = t_start.copy()
+            t_start[0], t_end[0] = starts[j, 0], ends[j, 0]
+            for i, s in enumerate(mine.sequence_ids(j)):
+                if s == 1:
+                    a, b = mine["offset_mapping"][j][i]
+                    if a in by_start:
+                        t_start[i] = starts[j, by_start[a]]
+                    if b in by_end:
+                        t_end[i] = ends[j, by_end[b]]
+            f["t_start"], f["t_end"] = t_start.astype(np.float16), t_end.astype(np.float16)
+        if (k // batch) % 50 == 0:
+            print(f"teacher: {k + len(chunk)}/{len(feats)} windows in {time.time() - started:.0f}s", flush=True)
 
 
 # --------------------------------------------------------------------------------------- training
@@ -257,7 +308,8 @@ def native_bf16() -> bool:
 
 def trained_state(model) -> dict:
     """What ships: the encoder layers and the span head (the embeddings stay the bundled model's)."""
-    return {k: v for k, v in model.state_dict().items() if k.startswith(("qa_outputs.", "bert.encoder.layer."))}
+    layers = f"{model.base_model_prefix}.encoder.layer."  # bert. for the bundled model
+    return {k: v for k, v in model.state_dict().items() if k.startswith(("qa_outputs.", layers))}
 
 
 def signature(args, n_feats: int) -> str:
@@ -276,12 +328,15 @@ def signature(args, n_feats: int) -> str:
         "limit",
         "init",
     )
-    return hashlib.sha256(json.dumps([n_feats, *[getattr(args, k) for k in keys]]).encode()).hexdigest()[:16]
+    # Added later: only where they differ from the defaults, so that older runs keep their checkpoints.
+    defaults = {"base": DEFAULT_MODEL, "teacher": "", "distill": 0.5, "temperature": 2.0}
+    later = {k: getattr(args, k) for k, default in defaults.items() if getattr(args, k) != default}
+    return hashlib.sha256(json.dumps([n_feats, *[getattr(args, k) for k in keys], *([later] if later else [])]).encode()).hexdigest()[:16]
 
 
 def cmd_train(args) -> None:
     import torch
-    from transformers import AutoTokenizer, BertForQuestionAnswering
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from qa.embedding import resolve_model
@@ -296,7 +351,7 @@ def cmd_train(args) -> None:
     )
     started = time.time()
     hf_logging.set_verbosity_error()
-    base = resolve_model(DEFAULT_MODEL)
+    base = resolve_model(args.base)
     tokenizer = AutoTokenizer.from_pretrained(base)
     rng = random.Random(args.seed)
     questions = load_questions(Path(args.data), "train")
@@ -304,12 +359,15 @@ def cmd_train(args) -> None:
     if args.limit:
         questions = questions[: args.limit]
     print(f"{len(questions)} training questions ({sum(q['id'].startswith('squad') for q in questions)} SQuAD)", flush=True)
-    feats = featurize(tokenizer, build_examples(questions, tokenizer, args, rng), args.max_len)
+    examples = build_examples(questions, tokenizer, args, rng)
+    feats = featurize(tokenizer, examples, args.max_len)
+    if args.teacher:
+        teacher_targets(args.teacher, tokenizer, examples, feats, args.max_len, device)
     mean_len = float(np.mean([len(f["input_ids"]) for f in feats]))
     print(f"{len(feats)} windows, {mean_len:.0f} tokens on average; data ready in {time.time() - started:.0f}s", flush=True)
 
     torch.manual_seed(args.seed)
-    model = BertForQuestionAnswering.from_pretrained(base).to(device)
+    model = AutoModelForQuestionAnswering.from_pretrained(base).to(device)
     if args.init:
         # Another pass over the data, with a schedule of its own, on top of weights already trained.
         from safetensors.torch import load_file
@@ -319,7 +377,7 @@ def cmd_train(args) -> None:
         print(f"starting from {Path(args.init) / TOP_FILE}", flush=True)
     for p in model.parameters():
         p.requires_grad_(False)
-    layers = list(model.bert.encoder.layer)
+    layers = list(model.base_model.encoder.layer)
     groups = [
         {"params": list(layer.parameters()), "lr": args.lr * args.layer_decay ** (len(layers) - 1 - i)} for i, layer in enumerate(layers)
     ]
@@ -364,25 +422,39 @@ def cmd_train(args) -> None:
         tmp.replace(path)
 
     loss_fn = torch.nn.CrossEntropyLoss()
+    types = ("token_type_ids",) if "token_type_ids" in feats[0] else ()
     model.train()
     t0, total, seen = time.time(), 0.0, 0
     while step < steps:
         epoch, k = divmod(step, per_epoch)
         b = batches(feats, args.batch, args.seed, epoch)[k]
         n = max(len(feats[i]["input_ids"]) for i in b)
-        ids = torch.zeros(len(b), n, dtype=torch.long)
-        types = torch.zeros(len(b), n, dtype=torch.long)
-        mask = torch.zeros(len(b), n, dtype=torch.long)
+        inputs = {name: torch.zeros(len(b), n, dtype=torch.long) for name in ("input_ids", "attention_mask", *types)}
+        soft = torch.full((2, len(b), n), -1e4) if args.teacher else None
         for j, i in enumerate(b):
             L = len(feats[i]["input_ids"])
-            ids[j, :L] = torch.tensor(feats[i]["input_ids"])
-            types[j, :L] = torch.tensor(feats[i]["token_type_ids"])
-            mask[j, :L] = 1
+            inputs["input_ids"][j, :L] = torch.tensor(feats[i]["input_ids"])
+            inputs["attention_mask"][j, :L] = 1
+            if types:
+                inputs["token_type_ids"][j, :L] = torch.tensor(feats[i]["token_type_ids"])
+            if soft is not None:
+                soft[0, j, :L] = torch.from_numpy(feats[i]["t_start"].astype(np.float32))
+                soft[1, j, :L] = torch.from_numpy(feats[i]["t_end"].astype(np.float32))
         ys = torch.tensor([feats[i]["start"] for i in b], device=device)
         ye = torch.tensor([feats[i]["end"] for i in b], device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(input_ids=ids.to(device), token_type_ids=types.to(device), attention_mask=mask.to(device))
+            out = model(**{name: v.to(device) for name, v in inputs.items()})
         loss = (loss_fn(out.start_logits.float(), ys) + loss_fn(out.end_logits.float(), ye)) / 2
+        if soft is not None:  # distillation: the teacher's distributions, softened, beside the gold span
+            T = args.temperature
+            soft = soft.to(device)
+            kl = sum(
+                torch.nn.functional.kl_div(
+                    torch.log_softmax(logits.float() / T, -1), torch.log_softmax(soft[x] / T, -1), log_target=True, reduction="batchmean"
+                )
+                for x, logits in enumerate((out.start_logits, out.end_logits))
+            )
+            loss = (1 - args.distill) * loss + args.distill * kl / 2 * T * T
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -410,10 +482,14 @@ def cmd_train(args) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().to("cpu").half().contiguous() for k, v in trained_state(model).items()}, str(out_dir / TOP_FILE))
+    if args.base == DEFAULT_MODEL:  # what ships: the trained layers, put on the bundled model at load time
+        save_file({k: v.detach().to("cpu").half().contiguous() for k, v in trained_state(model).items()}, str(out_dir / TOP_FILE))
+    else:  # another encoder (a teacher): the whole model, which QA_READER_MODEL and --teacher load as it is
+        model.to("cpu").save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
     meta = {
-        "base_model": DEFAULT_MODEL,
-        "architecture": "BertForQuestionAnswering",
+        "base_model": args.base,
+        "architecture": type(model).__name__,
         "frozen_layers": 0,
         "recipe": "training.squad_reader",
         "command": "python -m training.squad_reader train " + " ".join(args.argv),
@@ -434,8 +510,11 @@ def cmd_train(args) -> None:
         "held_out": "squad11_dev13 (all 13 articles), RealTimeQA md5(id) % 5 == 0, squad11_train md5(title) % 40 == 0 (calibration)",
         "train_s": round(trained_s),
     }
-    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"saved {out_dir / TOP_FILE}; trained {trained_s:.0f}s, wall {time.time() - started:.0f}s", flush=True)
+    if args.teacher:
+        meta["teacher"] = {"model": args.teacher, "distill": args.distill, "temperature": args.temperature}
+    # reader.json marks trained layers on the bundled model; a whole model keeps its record beside it
+    (out_dir / (META_FILE if args.base == DEFAULT_MODEL else "training.json")).write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"saved {out_dir}; trained {trained_s:.0f}s, wall {time.time() - started:.0f}s", flush=True)
 
 
 def _previous_runs(init: str) -> list[dict]:
@@ -448,13 +527,57 @@ def _previous_runs(init: str) -> list[dict]:
     return [*earlier, {k: before[k] for k in keep if k in before}]
 
 
+def cmd_score(args) -> None:
+    """EM / F1 of the best span (never abstaining) in each calibration-fold question's answer window.
+
+    Any QA model, on the same windows (cut with the bundled model's tokenizer, as training cuts
+    them): a comparison of encoders and recipes, including ones the service's path cannot read yet
+    (`training.read_fold` measures how the service reads).
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from qa.embedding import resolve_model
+    from qa.metrics import exact_match, f1_score
+    from qa.readers.span import load_qa_model
+
+    torch.set_num_threads(args.threads)
+    questions = load_questions(Path(args.data), "calibration")
+    random.Random(SEED).shuffle(questions)
+    questions = questions[: args.limit] if args.limit else questions
+    if not questions:
+        raise SystemExit(f"{args.data}: no questions in the calibration fold")
+    answers_only = argparse.Namespace(context_tokens=args.context_tokens, same_paragraph=0.0, other_paragraph=0.0, hard=0.0)
+    windows = build_examples(questions, AutoTokenizer.from_pretrained(resolve_model(DEFAULT_MODEL)), answers_only, random.Random(SEED))
+    for name in args.models.split(","):
+        model, tokenizer = load_qa_model(None if name in ("", "shipped") else name)
+        em = f1 = 0.0
+        started = time.time()
+        for k in range(0, len(windows), 32):
+            chunk = windows[k : k + 32]
+            enc = encode_windows(tokenizer, chunk, args.max_len, padding=True, return_tensors="pt")
+            offsets = enc.pop("offset_mapping").tolist()
+            with torch.inference_mode():
+                out = model(**enc)
+            starts, ends = out.start_logits.float().numpy(), out.end_logits.float().numpy()
+            for j, w in enumerate(chunk):
+                ctx = [i for i, s in enumerate(enc.sequence_ids(j)) if s == 1]
+                _, a, b = max((starts[j, a] + ends[j, b], a, b) for x, a in enumerate(ctx) for b in ctx[x : x + args.max_tokens])
+                answer = w["context"][offsets[j][a][0] : offsets[j][b][1]]
+                em += exact_match(answer, questions[k + j]["answers"])
+                f1 += f1_score(answer, questions[k + j]["answers"])
+        n = len(windows)
+        figures = {"em": round(em / n, 4), "f1": round(f1 / n, 4), "s": round(time.time() - started)}
+        print(json.dumps({"model": name or "shipped", "questions": n, **figures}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     args.argv = argv[1:]
-    cmd_train(args)
+    (cmd_train if args.cmd == "train" else cmd_score)(args)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -481,6 +604,18 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     t.add_argument("--seed", type=int, default=SEED)
     t.add_argument("--init", default="", help="start from the reader weights in this folder (another pass, a new schedule)")
+    t.add_argument("--base", default=DEFAULT_MODEL, help="the encoder to train: the bundled model, or another (a teacher; saved whole)")
+    t.add_argument("--teacher", default="", help="also learn this QA model's span distributions (a folder or name, as QA_READER_MODEL)")
+    t.add_argument("--distill", type=float, default=0.5, help="weight of the teacher's distributions against the gold span")
+    t.add_argument("--temperature", type=float, default=2.0, help="softening of both distributions when distilling")
+    sc = sub.add_parser("score", help="EM / F1 of QA models on the calibration fold's answer windows")
+    sc.add_argument("--models", default="shipped", help="comma-separated: shipped, reader folders, QA model folders or names")
+    sc.add_argument("--data", default=str(DATA))
+    sc.add_argument("--limit", type=int, default=0)
+    sc.add_argument("--context-tokens", type=int, default=96)
+    sc.add_argument("--max-len", type=int, default=192)
+    sc.add_argument("--max-tokens", type=int, default=24, help="longest answer, tokens")
+    sc.add_argument("--threads", type=int, default=2)
     return ap
 
 
