@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from qa.config import Config
-from qa.embedding import Embedder
+from qa.embedding import Embedder, files_key, resolve_model, vector_backend
 from qa.index import build_index
 from qa.metrics import exact_match, f1_score, normalize_answer, read_jsonl
 from qa.models import Document, Filters
@@ -36,10 +36,12 @@ def paragraphs_as_documents(paragraphs: list[dict]) -> list[Document]:
 def eval_config(config: Config, paragraphs_path: Path) -> Config:
     """A private index per paragraph file, model and kind of vectors, reused across runs (rebuilt when
     they change): a folder under the index folder, or its own collections on Milvus."""
-    from qa.embedding import vector_backend
     from qa.index import FORMAT_VERSION
 
-    key = f"{config.model}|{vector_backend(config.backend)}|{FORMAT_VERSION}".encode()
+    # A model folder retrained in place gets a new index: its files are part of the key.
+    folder = Path(resolve_model(config.model))
+    model = f"{config.model}|{files_key(folder)}" if folder.is_dir() else config.model
+    key = f"{model}|{vector_backend(config.backend)}|{FORMAT_VERSION}".encode()
     digest = hashlib.sha256(paragraphs_path.read_bytes() + key).hexdigest()[:12]
     return config.replace(
         index=config.index / "eval" / f"{paragraphs_path.parent.name}-{digest}", milvus_prefix=f"{config.milvus_prefix}_eval_{digest}"
