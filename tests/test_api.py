@@ -68,7 +68,7 @@ def test_get_ask_validates_too(client):
 def test_health_and_documents(client):
     h = client.get("/api/health").json()
     assert h["status"] == "ok" and h["documents"] == 1 and h["passages"] >= 8 and h["index_version"] == 1
-    assert h["model"] == "all-MiniLM-L6-v2"
+    assert h["model"] == "all-MiniLM-L6-v2-qa"  # the trained default
     page = client.get("/api/documents", params={"limit": 10}).json()
     assert page["total"] == 1 and page["documents"][0]["id"] == SAMPLE.name
     doc = client.get(f"/api/documents/{SAMPLE.name}").json()

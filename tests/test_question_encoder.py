@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from qa.config import Config
-from qa.embedding import QUESTION_FILE, QUESTION_WEIGHTS, Embedder, resolve_model, tuned_question_encoder
+from qa.embedding import QUESTION_FILE, RETRIEVER_WEIGHTS, Embedder, resolve_model, tuned_question_encoder
 from tests.test_squad_reader import ARTICLES, QUESTIONS
 from training.question_encoder import RTQA_FUSION_FROM, RTQA_HELD_OUT_FROM, fold_of, load_fold, main, positives
 from training.squad_reader import calibration_fold
@@ -126,7 +126,7 @@ def test_targets_resume_and_shipping(data: Path, tmp_path: Path) -> None:
 
 
 def test_questions_go_through_the_shipped_encoder_and_passages_do_not() -> None:
-    assert (QUESTION_WEIGHTS / QUESTION_FILE).exists()
+    assert (RETRIEVER_WEIGHTS / QUESTION_FILE).exists()
     cache = Config.load().cache  # the machine's exported models, as the service uses them
     question = "Who leads the survey in Harlow?"
     tuned = Embedder("all-MiniLM-L6-v2", "onnx", cache, question_encoder="tuned")

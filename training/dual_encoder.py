@@ -27,13 +27,13 @@ import shutil
 import time
 from pathlib import Path
 
-from qa.config import DEFAULT_MODEL, Config
+from qa.config import BUNDLED_MODEL, Config
+from qa.embedding import ENCODER_FILE, RETRIEVER_WEIGHTS
 from training.checkpoints import Checkpoint, linear_schedule
 from training.question_encoder import answer_start, load_fold
 from training.squad_reader import DATA, SEED, device_for, native_bf16
 
 WORK = Path(__file__).resolve().parent.parent / ".cache" / "dual-encoder"
-LAYERS_FILE = "encoder_layers.safetensors"
 META_FILE = "dual_encoder.json"
 
 
@@ -144,22 +144,27 @@ def cmd_train(args) -> None:
         local = batches([trainable[k] for k in keys], epoch, args.seed, args.per_article, args.articles, args.news_repeat)
         return [[keys[j] for j in b] for b in local]
 
-    base = resolve_model(DEFAULT_MODEL)
+    base = resolve_model(BUNDLED_MODEL)
     tokenizer = AutoTokenizer.from_pretrained(base)
     max_len = int(json.loads((Path(base) / "sentence_bert_config.json").read_text())["max_seq_length"])
     model = AutoModel.from_pretrained(base).to(device)
+    if args.init:  # go on from an earlier run's layers (with --skip: over the batches it did not see)
+        from safetensors.torch import load_file
+
+        model.load_state_dict({k: v.float() for k, v in load_file(str(Path(args.init) / ENCODER_FILE)).items()}, strict=False)
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("encoder.layer."))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     per_epoch = len(epoch_batches(0))
-    steps = min(args.epochs * per_epoch, args.max_steps or 1 << 30)
+    steps = min(args.epochs * per_epoch - args.skip, args.max_steps or 1 << 30)
     sched = linear_schedule(opt, steps)
     print(
         f"training on {device}, {'bf16' if bf16 else 'fp32'}: {len(rows)} questions, {len(keys)} passages, {per_epoch} batches an epoch",
         flush=True,
     )
     run = f"{args.seed}-{steps}-{args.lr}-{args.articles}x{args.per_article}-{args.scale}-{args.sentence_weight}-{args.limit}"
+    run += f"-{args.skip}-{Path(args.init).name}"
     ckpt = Checkpoint(work / f"checkpoint-{run}.pt", model, opt, sched, trained_state)
     step, trained_s = ckpt.resume(device)
 
@@ -182,7 +187,7 @@ def cmd_train(args) -> None:
     model.train()
     t0, total, seen = time.time(), 0.0, 0
     while step < steps:
-        epoch, k = divmod(step, per_epoch)
+        epoch, k = divmod(step + args.skip, per_epoch)
         batch = epoch_batches(epoch)[k]
         texts = [passages[i]["text"] for i in batch]
         enc = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_offsets_mapping=True, return_tensors="pt")
@@ -244,14 +249,16 @@ def save(model, out: Path, args, device, bf16: bool, questions: int, passages: i
     from qa.embedding import resolve_model
 
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().half().contiguous() for k, v in trained_state(model).items()}, str(out / LAYERS_FILE))
+    save_file({k: v.detach().cpu().half().contiguous() for k, v in trained_state(model).items()}, str(out / ENCODER_FILE))
     meta = {
-        "base_model": DEFAULT_MODEL,
+        "base_model": BUNDLED_MODEL,
         "trains": "questions and passages (the transformer layers; token embeddings frozen)",
         "command": "python -m training.dual_encoder train " + " ".join(args.argv),
         "seed": args.seed,
         "epochs": args.epochs,
         "max_steps": args.max_steps,
+        "init": args.init,
+        "skip": args.skip,
         "lr": args.lr,
         "batch": f"{args.articles} articles x {args.per_article} passages, with all their questions",
         "scale": args.scale,
@@ -267,14 +274,14 @@ def save(model, out: Path, args, device, bf16: bool, questions: int, passages: i
     if args.folder:
         folder = Path(args.folder)
         shutil.rmtree(folder, ignore_errors=True)
-        base = Path(resolve_model(DEFAULT_MODEL))
+        base = Path(resolve_model(BUNDLED_MODEL))
         shutil.copytree(base, folder, ignore=shutil.ignore_patterns("model.safetensors", "pytorch_model.bin", "onnx", "*.onnx"))
         from safetensors.torch import load_file
 
         state = load_file(str(base / "model.safetensors"))
         state.update({k: v.detach().cpu().to(state[k].dtype).contiguous() for k, v in trained_state(model).items()})
         save_file(state, str(folder / "model.safetensors"))
-    print(f"saved {out / LAYERS_FILE}; trained {trained_s:.0f}s", flush=True)
+    print(f"saved {out / ENCODER_FILE}; trained {trained_s:.0f}s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -293,10 +300,12 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("prepare")
     t = sub.add_parser("train")
-    t.add_argument("--out", default=str(WORK / "trained"))
+    t.add_argument("--out", default=str(RETRIEVER_WEIGHTS), help="where the layers go (the shipped ones by default)")
     t.add_argument("--folder", default="", help="also write a whole model folder here (for QA_MODEL)")
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--max-steps", type=int, default=0, help="stop the schedule here (a part of an epoch)")
+    t.add_argument("--init", default="", help="start from the layers an earlier run wrote (its --out)")
+    t.add_argument("--skip", type=int, default=0, help="batches of the first epoch to leave out (those the --init run took)")
     t.add_argument("--lr", type=float, default=2e-5)
     t.add_argument("--articles", type=int, default=3, help="articles a batch")
     t.add_argument("--per-article", type=int, default=8, help="passages of each article a batch")

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qa.config import DEFAULT_MODEL, Config
-from qa.embedding import QUESTION_FILE, QUESTION_WEIGHTS
+from qa.config import BUNDLED_MODEL, Config
+from qa.embedding import QUESTION_FILE, RETRIEVER_WEIGHTS
 from qa.metrics import read_jsonl
 from training.checkpoints import Checkpoint, linear_schedule
 from training.squad_reader import DATA, RTQA, SEED, SQUAD_TRAIN, calibration_fold, device_for, native_bf16
@@ -188,7 +188,7 @@ def cmd_train(args) -> None:
     S = torch.from_numpy(targets["sentences"]).to(device)
     print(f"training on {device}, {'bf16' if bf16 else 'fp32'}: {len(rows)} questions against {len(P)} passages, {len(S)} sentences")
 
-    base = resolve_model(DEFAULT_MODEL)
+    base = resolve_model(BUNDLED_MODEL)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModel.from_pretrained(base).to(device)
     for name, p in model.named_parameters():
@@ -260,7 +260,7 @@ def cmd_train(args) -> None:
 
     save_file({k: v.detach().cpu().half().contiguous() for k, v in trained_state(model).items()}, str(out / QUESTION_FILE))
     meta = {
-        "base_model": DEFAULT_MODEL,
+        "base_model": BUNDLED_MODEL,
         "trains": "the question side only; passages keep the bundled model's vectors",
         "command": "python -m training.question_encoder train " + " ".join(args.argv),
         "seed": args.seed,
@@ -376,7 +376,7 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("prepare")
     t = sub.add_parser("train")
-    t.add_argument("--out", default=str(QUESTION_WEIGHTS))
+    t.add_argument("--out", default=str(RETRIEVER_WEIGHTS))
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--batch", type=int, default=64)

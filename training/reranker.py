@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qa.config import DEFAULT_MODEL, Config
+from qa.config import BUNDLED_MODEL, Config
 from qa.metrics import read_jsonl
 from qa.readers.span import TOP_FILE
 from qa.readers.span import WEIGHTS as READER_WEIGHTS
@@ -128,7 +128,7 @@ def cmd_train(args) -> None:
     print(f"training on {device} ({name}), {'bf16 autocast' if bf16 else 'fp32'}", flush=True)
     started = time.time()
     hf_logging.set_verbosity_error()
-    base = resolve_model(DEFAULT_MODEL)
+    base = resolve_model(BUNDLED_MODEL)
     tokenizer = AutoTokenizer.from_pretrained(base)
     data = json.loads((Path(args.work) / "examples.json").read_text())
     texts, examples = data["texts"], data["examples"]
@@ -212,7 +212,7 @@ def cmd_train(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().half().contiguous() for k, v in trained_state(model).items()}, str(out / WEIGHTS_FILE))
     meta = {
-        "base_model": DEFAULT_MODEL,
+        "base_model": BUNDLED_MODEL,
         "architecture": "BertForSequenceClassification",
         "max_len": args.max_len,
         "recipe": "training.reranker",

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qa.config import DEFAULT_MODEL
+from qa.config import BUNDLED_MODEL
 from qa.metrics import read_jsonl
 from qa.readers.span import META_FILE, TOP_FILE, WEIGHTS
 
@@ -329,7 +329,7 @@ def signature(args, n_feats: int) -> str:
         "init",
     )
     # Added later: only where they differ from the defaults, so that older runs keep their checkpoints.
-    defaults = {"base": DEFAULT_MODEL, "teacher": "", "distill": 0.5, "temperature": 2.0}
+    defaults = {"base": BUNDLED_MODEL, "teacher": "", "distill": 0.5, "temperature": 2.0}
     later = {k: getattr(args, k) for k, default in defaults.items() if getattr(args, k) != default}
     return hashlib.sha256(json.dumps([n_feats, *[getattr(args, k) for k in keys], *([later] if later else [])]).encode()).hexdigest()[:16]
 
@@ -482,7 +482,7 @@ def cmd_train(args) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
-    if args.base == DEFAULT_MODEL:  # what ships: the trained layers, put on the bundled model at load time
+    if args.base == BUNDLED_MODEL:  # what ships: the trained layers, put on the bundled model at load time
         save_file({k: v.detach().to("cpu").half().contiguous() for k, v in trained_state(model).items()}, str(out_dir / TOP_FILE))
     else:  # another encoder (a teacher): the whole model, which QA_READER_MODEL and --teacher load as it is
         model.to("cpu").save_pretrained(out_dir)
@@ -513,7 +513,7 @@ def cmd_train(args) -> None:
     if args.teacher:
         meta["teacher"] = {"model": args.teacher, "distill": args.distill, "temperature": args.temperature}
     # reader.json marks trained layers on the bundled model; a whole model keeps its record beside it
-    (out_dir / (META_FILE if args.base == DEFAULT_MODEL else "training.json")).write_text(json.dumps(meta, indent=2) + "\n")
+    (out_dir / (META_FILE if args.base == BUNDLED_MODEL else "training.json")).write_text(json.dumps(meta, indent=2) + "\n")
     print(f"saved {out_dir}; trained {trained_s:.0f}s, wall {time.time() - started:.0f}s", flush=True)
 
 
@@ -548,7 +548,7 @@ def cmd_score(args) -> None:
     if not questions:
         raise SystemExit(f"{args.data}: no questions in the calibration fold")
     answers_only = argparse.Namespace(context_tokens=args.context_tokens, same_paragraph=0.0, other_paragraph=0.0, hard=0.0)
-    windows = build_examples(questions, AutoTokenizer.from_pretrained(resolve_model(DEFAULT_MODEL)), answers_only, random.Random(SEED))
+    windows = build_examples(questions, AutoTokenizer.from_pretrained(resolve_model(BUNDLED_MODEL)), answers_only, random.Random(SEED))
     for name in args.models.split(","):
         model, tokenizer = load_qa_model(None if name in ("", "shipped") else name)
         em = f1 = 0.0
@@ -604,7 +604,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     t.add_argument("--seed", type=int, default=SEED)
     t.add_argument("--init", default="", help="start from the reader weights in this folder (another pass, a new schedule)")
-    t.add_argument("--base", default=DEFAULT_MODEL, help="the encoder to train: the bundled model, or another (a teacher; saved whole)")
+    t.add_argument("--base", default=BUNDLED_MODEL, help="the encoder to train: the bundled model, or another (a teacher; saved whole)")
     t.add_argument("--teacher", default="", help="also learn this QA model's span distributions (a folder or name, as QA_READER_MODEL)")
     t.add_argument("--distill", type=float, default=0.5, help="weight of the teacher's distributions against the gold span")
     t.add_argument("--temperature", type=float, default=2.0, help="softening of both distributions when distilling")

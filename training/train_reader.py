@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qa.config import DEFAULT_MODEL, Config
+from qa.config import BUNDLED_MODEL, Config
 from qa.metrics import exact_match, f1_score, read_jsonl
 from qa.readers.span import META_FILE, TOP_FILE, WEIGHTS
 
@@ -253,7 +253,7 @@ def base_model(seed: int = SEED):
     from qa.embedding import resolve_model
 
     hf_logging.set_verbosity_error()
-    path = resolve_model(DEFAULT_MODEL)
+    path = resolve_model(BUNDLED_MODEL)
     torch.manual_seed(seed)  # the span head's initial weights
     return BertForQuestionAnswering.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
@@ -543,7 +543,7 @@ def cmd_train(args) -> None:
     }
     print(json.dumps(final), flush=True)
     meta = {
-        "base_model": DEFAULT_MODEL,
+        "base_model": BUNDLED_MODEL,
         "architecture": "BertForQuestionAnswering",
         "frozen_layers": args.frozen,
         "max_len": args.max_len,
