@@ -26,6 +26,7 @@ fusion fold.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import tempfile
@@ -259,7 +260,10 @@ def cmd_tune(args) -> None:
     under every setting. Choose on the fusion fold; the held-out sets only confirm."""
     from qa.embedding import files_key
 
-    cache = Path(args.work) / f"tune-{args.set}-{args.depth}-{args.limit}-{Config.load().rerank_context_tokens}-{files_key(WEIGHTS)}.json"
+    cfg = Config.load()
+    # The candidates depend on the embedding model and the fusion weights as much as on the cross-encoder.
+    retrieval = hashlib.sha256(f"{cfg.model}|{cfg.weight_dense}|{cfg.weight_sentence}|{cfg.weight_lexical}".encode()).hexdigest()[:8]
+    cache = Path(args.work) / f"tune-{args.set}-{args.depth}-{args.limit}-{cfg.rerank_context_tokens}-{files_key(WEIGHTS)}-{retrieval}.json"
     if cache.exists():
         found, took = json.loads(cache.read_text())
     else:
