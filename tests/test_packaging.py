@@ -58,6 +58,7 @@ def test_wheel_runs_index_ask_and_the_web_page_outside_the_repo(tmp_path: Path) 
         "qa/web/static/style.css",
         "qa/reader_weights/top_layers.safetensors",
         "qa/reranker_weights/reranker.safetensors",
+        "qa/retriever_weights/encoder_layers.safetensors",  # the default embedding model's layers
     )
     for shipped in shipped_files:
         assert (site / shipped).is_file(), f"the wheel lacks {shipped}"
