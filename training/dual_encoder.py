@@ -30,7 +30,7 @@ from pathlib import Path
 from qa.config import BUNDLED_MODEL, Config
 from qa.embedding import ENCODER_FILE, RETRIEVER_WEIGHTS
 from training.checkpoints import Checkpoint, linear_schedule
-from training.question_encoder import answer_start, load_fold
+from training.question_encoder import answer_start, load_fold, trained_state  # what ships: the transformer layers
 from training.squad_reader import DATA, SEED, device_for, native_bf16
 
 WORK = Path(__file__).resolve().parent.parent / ".cache" / "dual-encoder"
@@ -107,11 +107,6 @@ def batches(passages: list[dict], epoch: int, seed: int, per_group: int, groups:
             chunks += [ids[i : i + per_group] for i in range(0, len(ids), per_group)]
     rng.shuffle(chunks)
     return [sum(chunks[i : i + groups], []) for i in range(0, len(chunks), groups)]
-
-
-def trained_state(model) -> dict:
-    """What ships: the transformer layers (the token embeddings stay the bundled model's)."""
-    return {k: v for k, v in model.state_dict().items() if k.startswith("encoder.layer.")}
 
 
 def cmd_train(args) -> None:
