@@ -113,15 +113,16 @@ def test_the_reranker_reads_each_passages_sentences_that_match_the_question(ship
 
 def test_reranking_reorders_the_passages_the_service_returns(sample_index: Config, embedder) -> None:
     question = "Who is IBM's chief executive?"
-    plain = Pipeline(sample_index, embedder).ask(question, top_k=5)
+    plain = Pipeline(sample_index, embedder).ask(question, top_k=8)
     assert all(p.rerank is None for p in plain.passages)
-    reranked = Pipeline(sample_index.replace(rerank_passages=5, rerank_weight=0.0), embedder).ask(question, top_k=5)
-    assert sorted(p.id for p in reranked.passages) == sorted(p.id for p in plain.passages)  # the same five, re-ordered
+    assert "CEO Ginni Rometty" not in plain.passages[0].text  # fusion alone does not put it first
+    reranked = Pipeline(sample_index.replace(rerank_passages=8, rerank_weight=0.0), embedder).ask(question, top_k=8)
+    assert sorted(p.id for p in reranked.passages) == sorted(p.id for p in plain.passages)  # the same eight, re-ordered
     probabilities = [p.rerank for p in reranked.passages]
     assert all(0.0 <= r <= 1.0 for r in probabilities)
     assert probabilities == sorted(probabilities, reverse=True)  # rerank_weight 0: the cross-encoder's order
     assert "CEO Ginni Rometty" in reranked.passages[0].text
-    weighted = Pipeline(sample_index.replace(rerank_passages=5, rerank_weight=1000.0), embedder).ask(question, top_k=5)
+    weighted = Pipeline(sample_index.replace(rerank_passages=8, rerank_weight=1000.0), embedder).ask(question, top_k=8)
     assert [p.id for p in weighted.passages] == [p.id for p in plain.passages]  # the fused score dominates
 
 
