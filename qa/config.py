@@ -73,7 +73,7 @@ class Config:
     )
     question_encoder: str = setting(
         "model",
-        f"How questions are embedded: model, a folder, or tuned (questions only, trained against {BUNDLED_MODEL}'s passages)",
+        "How questions are embedded: model (the passages' own), or a folder holding a question model trained for QA_MODEL",
     )
     batch_size: int = setting(64, "Passages embedded per batch")
     backend: str = setting("onnx-int8", "How the embedder runs: torch, onnx (same vectors, faster) or onnx-int8 (fastest)")

@@ -85,18 +85,14 @@ class Embedder:
     def question_path(self) -> str | None:
         """The folder of the model questions go through, or None when it is the passages' model.
 
-        "tuned" is the shipped question encoder (`qa/retriever_weights/`): trained for questions
-        against the bundled model's passage vectors, so it only goes with the bundled model; with
-        any other model, questions go through that model. A folder is a sentence-transformers model
-        of the same dimension, trained for the passages' model.
+        A folder is a sentence-transformers model of the same dimension trained to embed questions
+        for the passages' model (an asymmetric pair, such as a separate question encoder).
         """
         choice = self.question_encoder
-        if choice in ("", "model") or (choice == "tuned" and self.name not in _BUNDLED_NAMES):
+        if choice in ("", "model"):
             return None
-        if choice == "tuned":
-            return str(tuned_question_encoder(Path(self.path), self.cache))
         if not Path(choice).is_dir():
-            raise ValueError(f"question encoder {choice!r} is not tuned, model or a model folder")
+            raise ValueError(f"question encoder {choice!r} is neither model nor a model folder")
         return choice
 
     @cached_property
@@ -194,17 +190,10 @@ def _encode(model, backend: str, texts: list[str], batch_size: int, progress: bo
 
 
 #: The shipped retriever weights: the bundled model's transformer layers after training, in fp16
-#: (the token embeddings and everything else are the bundled model's). ENCODER_FILE is the default
-#: model's (both sides, `training/dual_encoder.py`); QUESTION_FILE the question-only encoder's
-#: (`QA_QUESTION_ENCODER=tuned`, `training/question_encoder.py`).
+#: (the token embeddings and everything else are the bundled model's), trained on both sides by
+#: `training/dual_encoder.py`: the default model.
 RETRIEVER_WEIGHTS = Path(__file__).resolve().parent / "retriever_weights"
 ENCODER_FILE = "encoder_layers.safetensors"
-QUESTION_FILE = "question_encoder.safetensors"
-
-
-def tuned_question_encoder(base: Path, cache: Path, weights: Path = RETRIEVER_WEIGHTS) -> Path:
-    """A model folder for the shipped question encoder, assembled once under `cache`."""
-    return overlaid_model(base, weights / QUESTION_FILE, cache / "question-encoder")
 
 
 def overlaid_model(base: Path, layers: Path, parent: Path) -> Path:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from qa.embedding import ENCODER_FILE
-from tests.test_question_encoder import NEWS, data  # noqa: F401  (the fixture)
+from tests.test_retrieval_training import NEWS, data  # noqa: F401  (the fixture)
 from tests.test_squad_reader import ARTICLES, QUESTIONS
 from training.dual_encoder import META_FILE, batches, main
 

@@ -12,10 +12,10 @@ import pytest
 from qa.config import Config
 from qa.pipeline import Pipeline
 from qa.reranker import META_FILE, WEIGHTS, WEIGHTS_FILE, Reranker
-from tests.test_question_encoder import NEWS, data  # noqa: F401 - the fixture, shared
+from tests.test_retrieval_training import NEWS, data  # noqa: F401 - the fixture, shared
 from tests.test_squad_reader import ARTICLES, QUESTIONS
-from training.question_encoder import load_fold
 from training.reranker import main
+from training.retrieval import load_fold
 
 
 def test_mined_examples_resume_and_shipping(data: Path, tmp_path: Path) -> None:  # noqa: F811

@@ -1,8 +1,10 @@
-"""What the resumable training runs share: the learning-rate schedule and a checkpoint that a run
-killed at any moment resumes from, to the weights an unbroken run would reach."""
+"""What the resumable training runs share: the learning-rate schedule, the optimizer step, the
+progress line, and a checkpoint that a run killed at any moment resumes from, to the weights an
+unbroken run would reach."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +15,44 @@ def linear_schedule(opt, steps: int):
 
     warm = max(1, steps // 10)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+
+
+def optimizer_step(loss, params, opt, sched) -> float:
+    """Backward, gradients clipped at norm 1, a step of the optimizer and of the schedule; the loss."""
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad()
+    return float(loss.item())
+
+
+class Progress:
+    """Mean loss, speed and time left every `every` steps, and the training seconds so far (what a
+    checkpoint records, so a resumed run reports its whole cost)."""
+
+    def __init__(self, steps: int, every: int, unit: str, trained_s: float = 0.0) -> None:
+        self.steps, self.every, self.unit, self.trained_s = steps, every, unit, trained_s
+        self._reset()
+
+    def _reset(self) -> None:
+        self.t0, self.total, self.count, self.items = time.time(), 0.0, 0, 0
+
+    def update(self, step: int, loss: float, items: int) -> None:
+        """Count a finished step (`step` is the number done) that trained on `items` units."""
+        self.total, self.count, self.items = self.total + loss, self.count + 1, self.items + items
+        if step % self.every and step != self.steps:
+            return
+        elapsed = time.time() - self.t0
+        self.trained_s += elapsed
+        eta = (self.steps - step) * elapsed / self.count / 60
+        print(
+            f"step {step}/{self.steps} loss {self.total / self.count:.3f} {self.items / elapsed:.1f} {self.unit}/s eta {eta:.0f} min",
+            flush=True,
+        )
+        self._reset()
 
 
 class Checkpoint:

@@ -2,9 +2,9 @@
 
     python -m training.dual_encoder prepare                 # passages and sentences as the index splits them
     python -m training.dual_encoder train [--epochs 1]      # resumable; writes the trained layers
-    python -m training.question_encoder eval --set squad13|rtqa-new --encoders model   # with QA_MODEL=the folder
+    QA_MODEL=FOLDER python -m training.retrieval eval --set squad13|rtqa-new   # measured held out
 
-`training/question_encoder.py` trains the question side alone against fixed passage vectors; that
+Training the question side alone against fixed passage vectors (tried first, docs/evaluation.md)
 learned its own data and carried little to held-out questions. Here the passages move too, so an
 index must be rebuilt, and the negatives are the other passages of a batch. A batch holds a few
 articles, several passages of each, with every question of those passages: the passages of the same
@@ -13,7 +13,7 @@ forward pass serves all its questions (about 4.5 a paragraph on SQuAD). The sent
 best-sentence retriever reads are pooled from the same token states, as the index pools them, and
 trained with their own loss at no extra forward pass.
 
-Folds and data are the question encoder's (`training.question_encoder.load_fold`): SQuAD train but
+Folds and data are `training.retrieval.load_fold`'s: SQuAD train but
 the calibration fold, RealTimeQA before 2021/07; measured on squad11_dev13 and RealTimeQA from
 2021/08, never seen.
 """
@@ -29,8 +29,8 @@ from pathlib import Path
 
 from qa.config import BUNDLED_MODEL, Config
 from qa.embedding import ENCODER_FILE, RETRIEVER_WEIGHTS
-from training.checkpoints import Checkpoint, linear_schedule
-from training.question_encoder import answer_start, load_fold, trained_state  # what ships: the transformer layers
+from training.checkpoints import Checkpoint, Progress, linear_schedule, optimizer_step
+from training.retrieval import answer_start, load_fold
 from training.squad_reader import DATA, SEED, device_for, native_bf16
 
 WORK = Path(__file__).resolve().parent.parent / ".cache" / "dual-encoder"
@@ -109,6 +109,11 @@ def batches(passages: list[dict], epoch: int, seed: int, per_group: int, groups:
     return [sum(chunks[i : i + groups], []) for i in range(0, len(chunks), groups)]
 
 
+def trained_state(model) -> dict:
+    """What ships: the transformer layers (the token embeddings stay frozen, the bundled model's)."""
+    return {k: v for k, v in model.state_dict().items() if k.startswith("encoder.layer.")}
+
+
 def cmd_train(args) -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -180,7 +185,7 @@ def cmd_train(args) -> None:
         return (torch.logsumexp(sub, 1) - torch.logsumexp(sub.masked_fill(~mask[rows_t], float("-inf")), 1)).mean()
 
     model.train()
-    t0, total, seen = time.time(), 0.0, 0
+    progress = Progress(steps, 20, "questions", trained_s)
     while step < steps:
         epoch, k = divmod(step + args.skip, per_epoch)
         batch = epoch_batches(epoch)[k]
@@ -215,25 +220,14 @@ def cmd_train(args) -> None:
             S = torch.nn.functional.normalize(summed / M.sum(1, keepdim=True).clamp(min=1), dim=-1)
             pos = [[sent_of[(rows[r]["passage"], j)] for j in rows[r]["sentences"]] for r in qs]
             loss = loss + args.sentence_weight * loss_over(args.scale * Q @ S.T, pos)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
         step += 1
-        total += loss.item()
-        seen += len(qs)
-        if step % 20 == 0 or step == steps:
-            elapsed = time.time() - t0
-            trained_s += elapsed
-            print(f"step {step}/{steps} loss {total / 20:.3f} {seen / elapsed:.1f} questions/s", flush=True)
-            t0, total, seen = time.time(), 0.0, 0
+        progress.update(step, optimizer_step(loss, params, opt, sched), len(qs))
         if step % args.checkpoint_every == 0 or step == steps:
-            ckpt.save(step, trained_s)
+            ckpt.save(step, progress.trained_s)
         if args.stop_after and step >= args.stop_after:  # the tests' stand-in for a kill
             print(f"stopped at step {step}", flush=True)
             return
-    save(model, Path(args.out), args, device, bf16, len(rows), len(keys), trained_s)
+    save(model, Path(args.out), args, device, bf16, len(rows), len(keys), progress.trained_s)
 
 
 def save(model, out: Path, args, device, bf16: bool, questions: int, passages: int, trained_s: float) -> None:

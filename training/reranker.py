@@ -11,13 +11,13 @@ from the bundled all-MiniLM-L6-v2 with the span reader's trained layers (a model
 questions against passages) and learns a listwise loss: a softmax over each question's passage and
 `--negatives` hard negatives.
 
-Hard negatives are mined from the question encoder's targets (`training.question_encoder prepare`:
+Hard negatives are mined from the retriever's targets (`training.retrieval prepare`:
 every training passage's and sentence's vector, computed by the index's own code): the passages of
-other paragraphs that the bundled model ranks highest by passage cosine plus best-sentence cosine,
+other paragraphs that the embedding model ranks highest by passage cosine plus best-sentence cosine,
 the two dense halves of the shipped fusion. In SQuAD most of them are paragraphs of the question's
 own article, which is the confusion that costs first places on squad11_dev13.
 
-Data (../shared/data, never committed): the question encoder's training fold (squad11_train without
+Data (../shared/data, never committed): the retriever's training fold (squad11_train without
 its calibration fold, RealTimeQA weeks before 2021/07). Measured on all of squad11_dev13 and on
 RealTimeQA from 2021/08 on (the newest weeks), never seen; the combination weight is chosen on the
 fusion fold.
@@ -40,10 +40,10 @@ from qa.metrics import read_jsonl
 from qa.readers.span import TOP_FILE
 from qa.readers.span import WEIGHTS as READER_WEIGHTS
 from qa.reranker import META_FILE, WEIGHTS, WEIGHTS_FILE, trained_state
-from training.checkpoints import Checkpoint, linear_schedule
-from training.question_encoder import WORK as TARGETS
-from training.question_encoder import cmd_prepare as prepare_targets
-from training.question_encoder import eval_sets, load_fold
+from training.checkpoints import Checkpoint, Progress, linear_schedule, optimizer_step
+from training.retrieval import WORK as TARGETS
+from training.retrieval import cmd_prepare as prepare_targets
+from training.retrieval import eval_sets, load_fold
 from training.squad_reader import DATA, SEED, device_for, native_bf16
 
 WORK = Path(__file__).resolve().parent.parent / ".cache" / "reranker"
@@ -166,7 +166,7 @@ def cmd_train(args) -> None:
         return [ex["positive"], *[pool[k] for k in picked]]
 
     model.train()
-    t0, total, seen = time.time(), 0.0, 0
+    progress = Progress(steps, 25, "pairs", trained_s)
     while step < steps:
         epoch, k = divmod(step, per_epoch)
         order = list(range(len(examples)))
@@ -187,25 +187,10 @@ def cmd_train(args) -> None:
         if any(len(g) != size for g in groups):
             raise ValueError("every question needs the same number of negatives")
         loss = torch.nn.functional.cross_entropy(logits.view(len(groups), size), torch.zeros(len(groups), dtype=torch.long, device=device))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(body + head, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
         step += 1
-        total += loss.item()
-        seen += len(batch)
-        if step % 25 == 0 or step == steps:
-            elapsed = time.time() - t0
-            trained_s += elapsed
-            print(
-                f"step {step}/{steps} loss {total / 25:.3f} {seen * size / elapsed:.1f} pairs/s "
-                f"eta {(steps - step) * elapsed / max(1, seen / args.batch) / 60:.0f} min",
-                flush=True,
-            )
-            t0, total, seen = time.time(), 0.0, 0
+        progress.update(step, optimizer_step(loss, body + head, opt, sched), len(batch) * size)
         if step % args.checkpoint_every == 0 or step == steps:
-            ckpt.save(step, trained_s)
+            ckpt.save(step, progress.trained_s)
         if args.stop_after and step >= args.stop_after:  # the tests' stand-in for a kill
             print(f"stopped at step {step}", flush=True)
             return
@@ -232,10 +217,10 @@ def cmd_train(args) -> None:
         "precision": "bf16" if bf16 else "fp32",
         "device": str(device),
         "held_out": "squad11_dev13 (all 13 articles); RealTimeQA from 2021/07 on; squad11_train md5(title) % 40 == 0",
-        "train_s": round(trained_s),
+        "train_s": round(progress.trained_s),
     }
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"saved {out / WEIGHTS_FILE}; trained {trained_s:.0f}s, wall {time.time() - started:.0f}s", flush=True)
+    print(f"saved {out / WEIGHTS_FILE}; trained {progress.trained_s:.0f}s, wall {time.time() - started:.0f}s", flush=True)
 
 
 # --------------------------------------------------------------------------------------- measuring
@@ -331,7 +316,7 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m training.reranker")
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--work", default=str(WORK), help="mined examples and checkpoints")
-    ap.add_argument("--targets", default=str(TARGETS), help="the question encoder's targets (made here when missing)")
+    ap.add_argument("--targets", default=str(TARGETS), help="the retriever's targets (made here when missing)")
     ap.add_argument("--seed", type=int, default=SEED)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare")

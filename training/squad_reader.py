@@ -43,6 +43,7 @@ import numpy as np
 from qa.config import BUNDLED_MODEL
 from qa.metrics import read_jsonl
 from qa.readers.span import META_FILE, TOP_FILE, WEIGHTS
+from training.checkpoints import Checkpoint, Progress, linear_schedule, optimizer_step
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 SQUAD_TRAIN = "squad11_train"
@@ -388,43 +389,17 @@ def cmd_train(args) -> None:
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.01)
     per_epoch = len(batches(feats, args.batch, args.seed, 0))
     steps = args.epochs * per_epoch
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    sched = linear_schedule(opt, steps)
 
     ckpt_dir = Path(args.checkpoints) / signature(args, len(feats))
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    step = 0
-    ckpt = ckpt_dir / "last.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"], strict=False)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step = state["step"]
-        if "rng" in state:
-            torch.set_rng_state(state["rng"])
-        print(f"resumed from {ckpt} at step {step}/{steps}", flush=True)
-    trained_s = 0.0 if step == 0 else float(state.get("trained_s", 0.0))
-
-    def save(path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": trained_state(model),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "step": step,
-                "trained_s": trained_s,
-                "rng": torch.get_rng_state(),  # dropout: a resumed run draws what an unbroken one would
-            },
-            tmp,
-        )
-        tmp.replace(path)
+    ckpt = Checkpoint(ckpt_dir / "last.pt", model, opt, sched, trained_state)
+    step, trained_s = ckpt.resume(device)
 
     loss_fn = torch.nn.CrossEntropyLoss()
     types = ("token_type_ids",) if "token_type_ids" in feats[0] else ()
     model.train()
-    t0, total, seen = time.time(), 0.0, 0
+    progress = Progress(steps, 50, "windows", trained_s)
     while step < steps:
         epoch, k = divmod(step, per_epoch)
         b = batches(feats, args.batch, args.seed, epoch)[k]
@@ -455,25 +430,10 @@ def cmd_train(args) -> None:
                 for x, logits in enumerate((out.start_logits, out.end_logits))
             )
             loss = (1 - args.distill) * loss + args.distill * kl / 2 * T * T
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
         step += 1
-        total += loss.item()
-        seen += len(b)
-        if step % 50 == 0 or step == steps:
-            elapsed = time.time() - t0
-            print(
-                f"step {step}/{steps} loss {total / 50:.3f} {seen / elapsed:.1f} windows/s "
-                f"eta {(steps - step) * elapsed / max(1, seen / args.batch) / 60:.0f} min",
-                flush=True,
-            )
-            trained_s += elapsed
-            t0, total, seen = time.time(), 0.0, 0
+        progress.update(step, optimizer_step(loss, params, opt, sched), len(b))
         if step % args.checkpoint_every == 0 or step == steps:
-            save(ckpt)
+            ckpt.save(step, progress.trained_s)
         if getattr(args, "stop_after", 0) and step >= args.stop_after:  # the tests' stand-in for a kill
             print(f"stopped at step {step}", flush=True)
             return
@@ -508,13 +468,13 @@ def cmd_train(args) -> None:
         "train_questions": len(questions),
         "train_windows": len(feats),
         "held_out": "squad11_dev13 (all 13 articles), RealTimeQA md5(id) % 5 == 0, squad11_train md5(title) % 40 == 0 (calibration)",
-        "train_s": round(trained_s),
+        "train_s": round(progress.trained_s),
     }
     if args.teacher:
         meta["teacher"] = {"model": args.teacher, "distill": args.distill, "temperature": args.temperature}
     # reader.json marks trained layers on the bundled model; a whole model keeps its record beside it
     (out_dir / (META_FILE if args.base == BUNDLED_MODEL else "training.json")).write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"saved {out_dir}; trained {trained_s:.0f}s, wall {time.time() - started:.0f}s", flush=True)
+    print(f"saved {out_dir}; trained {progress.trained_s:.0f}s, wall {time.time() - started:.0f}s", flush=True)
 
 
 def _previous_runs(init: str) -> list[dict]:

@@ -255,7 +255,7 @@ def embed_documents(
     config: Config, embedder: Embedder, docs: list[Document], report: Callable = lambda *a: None, show_progress: bool = False
 ) -> tuple[list[tuple[Document, list[Passage]]], np.ndarray, list[np.ndarray]]:
     """Each document's passages, their vectors and their sentences' vectors, as an index holds them
-    (also what the question encoder is trained against: training/question_encoder.py)."""
+    (also the training targets the reranker mines its negatives from: training/retrieval.py)."""
     split = [(doc, _splitter(config, embedder).split(doc)) for doc in docs]
     texts = [f"{doc.title}\n{p.text}" for doc, passages in split for p in passages]
     shift = [len(doc.title) + 1 for doc, passages in split for _ in passages]

@@ -1,5 +1,5 @@
-"""The question encoder (training/question_encoder.py, qa.embedding): its folds, its targets, a run
-that resumes to the same weights as an unbroken one, and the shipped weights assembled at load time."""
+"""The retriever's training data (training/retrieval.py): its folds and its targets; and a question
+encoder of its own (`QA_QUESTION_ENCODER=FOLDER`) beside the passages' model."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from qa.config import Config
-from qa.embedding import QUESTION_FILE, RETRIEVER_WEIGHTS, Embedder, resolve_model, tuned_question_encoder
+from qa.embedding import Embedder, resolve_model
 from tests.test_squad_reader import ARTICLES, QUESTIONS
-from training.question_encoder import RTQA_FUSION_FROM, RTQA_HELD_OUT_FROM, fold_of, load_fold, main, positives
+from training.retrieval import RTQA_FUSION_FROM, RTQA_HELD_OUT_FROM, fold_of, load_fold, main
 from training.squad_reader import calibration_fold
 
 NEWS = [  # (date, evidence, question, answer)
@@ -78,10 +78,7 @@ def test_folds_hold_only_their_questions(data: Path) -> None:
     assert all(q["date"] < RTQA_HELD_OUT_FROM for q in fusion)
 
 
-def test_targets_resume_and_shipping(data: Path, tmp_path: Path) -> None:
-    import torch
-    from safetensors.torch import load_file
-
+def test_targets_are_the_training_folds_passages_and_sentences(data: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
     main(["--data", str(data), "--work", str(work), "prepare"])
     targets = np.load(work / "targets.npz")
@@ -90,54 +87,30 @@ def test_targets_resume_and_shipping(data: Path, tmp_path: Path) -> None:
     docs = load_fold(data, "train")[0]
     assert targets["passages"].shape == (len(docs), 384)  # one passage per short paragraph
     assert np.allclose(np.linalg.norm(targets["sentences"], axis=1), 1, atol=1e-4)
-    pos_p, pos_s = positives(targets, rows)
+    assert len(targets["sentences"]) == len(targets["s_passage"]) > len(docs)
     answers = [a for *_, a in QUESTIONS] + [NEWS[0][3]]
-    for r, pp, ps, answer in zip(rows, pos_p, pos_s, answers):
-        assert set(targets["p_doc"][pp]) == {r["doc"]}
-        assert len(ps) == 1  # the one sentence holding the answer
-        sentence = docs[r["doc"]]["context"][targets["s_start"][ps[0]] : targets["s_end"][ps[0]]]
-        assert answer in sentence
-
-    def train(out: Path, *extra: str) -> None:
-        args = ["--epochs", "2", "--batch", "4", "--threads", "1", "--precision", "fp32", "--checkpoint-every", "1", *extra]
-        main(["--data", str(data), "--work", str(work), "train", "--out", str(out), *args])
-
-    train(tmp_path / "w1")  # unbroken: 2 epochs of 3 batches
-    for ckpt in work.glob("checkpoint-*.pt"):
-        ckpt.unlink()
-    train(tmp_path / "w2", "--stop-after", "2")
-    assert not (tmp_path / "w2" / QUESTION_FILE).exists()
-    train(tmp_path / "w2")  # resumed from step 2
-    one, two = load_file(str(tmp_path / "w1" / QUESTION_FILE)), load_file(str(tmp_path / "w2" / QUESTION_FILE))
-    assert one.keys() == two.keys() and all(k.startswith("encoder.layer.") for k in one)
-    assert all(torch.equal(one[k], two[k]) for k in one)
-    meta = json.loads((tmp_path / "w1" / "question_encoder.json").read_text())
-    assert meta["train_questions"] == len(rows) and meta["seed"] == 13
-
-    # Assembled at load time: the bundled model with the trained layers overlaid.
-    base = Path(resolve_model("all-MiniLM-L6-v2"))
-    folder = tuned_question_encoder(base, tmp_path / "cache", tmp_path / "w1")
-    assembled = load_file(str(folder / "model.safetensors"))
-    bundled = load_file(str(base / "model.safetensors"))
-    assert torch.equal(assembled["embeddings.word_embeddings.weight"], bundled["embeddings.word_embeddings.weight"])
-    k = "encoder.layer.5.output.dense.weight"
-    assert torch.equal(assembled[k], one[k].float()) and not torch.equal(assembled[k], bundled[k])
-    assert tuned_question_encoder(base, tmp_path / "cache", tmp_path / "w1") == folder  # once per machine
+    for r, answer in zip(rows, answers):
+        context = docs[r["doc"]]["context"]
+        assert context[r["answer"] :].startswith(answer)
+        # Exactly one of the paragraph's sentences holds the answer's offset, and it holds the answer.
+        mine = np.flatnonzero(targets["p_doc"][targets["s_passage"]] == r["doc"])
+        holding = [k for k in mine if targets["s_start"][k] <= r["answer"] < targets["s_end"][k]]
+        assert len(holding) == 1
+        assert answer in context[targets["s_start"][holding[0]] : targets["s_end"][holding[0]]]
 
 
-def test_questions_go_through_the_shipped_encoder_and_passages_do_not() -> None:
-    assert (RETRIEVER_WEIGHTS / QUESTION_FILE).exists()
+def test_questions_can_go_through_a_question_encoder_of_their_own() -> None:
     cache = Config.load().cache  # the machine's exported models, as the service uses them
     question = "Who leads the survey in Harlow?"
-    tuned = Embedder("all-MiniLM-L6-v2", "onnx", cache, question_encoder="tuned")
+    folder = resolve_model("all-MiniLM-L6-v2-qa", cache)  # any model folder of the same dimension
+    paired = Embedder("all-MiniLM-L6-v2", "onnx", cache, question_encoder=folder)
     plain = Embedder("all-MiniLM-L6-v2", "onnx", cache, question_encoder="model")
-    assert np.allclose(tuned.embed([question]), plain.embed([question]), atol=1e-5)  # passages: the bundled model
+    assert np.allclose(paired.embed([question]), plain.embed([question]), atol=1e-5)  # passages: the model's
     assert np.allclose(plain.embed_questions([question]), plain.embed([question]), atol=1e-5)
-    q_tuned = tuned.embed_questions([question])
-    assert q_tuned.shape == (1, 384) and abs(float(np.linalg.norm(q_tuned)) - 1) < 1e-4
-    assert not np.allclose(q_tuned, plain.embed_questions([question]), atol=1e-4)  # a different encoder
-    # Any other model keeps its own question side: the shipped layers belong to the bundled one.
-    other = Embedder(str(Path(resolve_model("all-MiniLM-L6-v2"))), "onnx", cache, question_encoder="tuned")
-    assert other.question_path is None
+    q_paired = paired.embed_questions([question])
+    assert q_paired.shape == (1, 384) and abs(float(np.linalg.norm(q_paired)) - 1) < 1e-4
+    assert not np.allclose(q_paired, plain.embed_questions([question]), atol=1e-4)  # a different encoder
     with pytest.raises(ValueError, match="question encoder"):
         Embedder("all-MiniLM-L6-v2", "onnx", cache, question_encoder="/no/such/folder").question_path
+    with pytest.raises(ValueError, match="question encoder"):
+        Embedder("all-MiniLM-L6-v2", "onnx", cache, question_encoder="tuned").question_path  # removed
