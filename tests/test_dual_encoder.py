@@ -63,6 +63,13 @@ def test_a_killed_run_resumes_to_the_weights_of_an_unbroken_one(data: Path, tmp_
     meta = json.loads((tmp_path / "w1" / META_FILE).read_text())
     assert meta["train_questions"] == len(QUESTIONS) + 1 and meta["train_passages"] == 5
 
+    # A run that goes on from shipped layers starts from them and records the run it continues.
+    train(tmp_path / "w3", "--init", str(tmp_path / "w1"), "--skip", "1", "--max-steps", "1", "--lr", "0")
+    three = load_file(str(tmp_path / "w3" / ENCODER_FILE))
+    assert all(torch.equal(one[k], three[k]) for k in one)  # a step at lr 0 leaves w1's layers, not the bundled ones
+    meta3 = json.loads((tmp_path / "w3" / META_FILE).read_text())
+    assert meta3["skip"] == 1 and meta3["continues"] == meta
+
     # The whole folder loads as a sentence-transformers model, with the trained layers in it.
     model = SentenceTransformer(str(tmp_path / "model"), device="cpu")
     k = "encoder.layer.5.output.dense.weight"

@@ -259,6 +259,8 @@ def save(model, out: Path, args, device, bf16: bool, questions: int, passages: i
         "train_passages": passages,
         "train_s": round(trained_s),
     }
+    if args.init and (Path(args.init) / META_FILE).exists():  # the run this one went on from, and its own
+        meta["continues"] = json.loads((Path(args.init) / META_FILE).read_text())
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     if args.folder:
         folder = Path(args.folder)
