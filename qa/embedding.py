@@ -16,7 +16,7 @@ import re
 import shutil
 import warnings
 from collections.abc import Callable
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +194,30 @@ def _encode(model, backend: str, texts: list[str], batch_size: int, progress: bo
 #: `training/dual_encoder.py`: the default model.
 RETRIEVER_WEIGHTS = Path(__file__).resolve().parent / "retriever_weights"
 ENCODER_FILE = "encoder_layers.safetensors"
+
+
+def model_version(name: str) -> str:
+    """What tells apart two sets of weights under one model name: a hash of the shipped layers for
+    the default model, of a local folder's weight files otherwise ("" for a name only the hub
+    resolves). An index records it, so one built before the weights changed asks for a rebuild
+    instead of comparing questions with passages embedded by another model."""
+    if name == DEFAULT_MODEL:
+        files = [RETRIEVER_WEIGHTS / ENCODER_FILE]
+    else:
+        folder = Path(resolve_model(name))
+        files = sorted(p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin")) if folder.is_dir() else []
+    return _content_hash(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)) if files else ""
+
+
+@cache
+def _content_hash(files: tuple[tuple[str, int, int], ...]) -> str:
+    """sha256 of the files' bytes, once a process for each (path, size, mtime)."""
+    digest = hashlib.sha256()
+    for path, _, _ in files:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def overlaid_model(base: Path, layers: Path, parent: Path) -> Path:

@@ -86,6 +86,7 @@ def test_the_default_model_is_the_bundled_one_with_the_shipped_layers_and_asks_f
     from qa.config import BUNDLED_MODEL, DEFAULT_MODEL
     from qa.embedding import RETRIEVER_WEIGHTS, Embedder, resolve_model
     from qa.index import IndexMismatch, build_index, open_index
+    from qa.index.version import version_dir
 
     assert sample_config.model == DEFAULT_MODEL and embedder.name == DEFAULT_MODEL
     folder, base = Path(embedder.path), Path(resolve_model(BUNDLED_MODEL))
@@ -99,7 +100,11 @@ def test_the_default_model_is_the_bundled_one_with_the_shipped_layers_and_asks_f
     question = "Why did IBM partner with Inspur?"
     assert float((published.embed([question]) @ embedder.embed([question]).T)[0, 0]) < 0.99  # another vector space
 
-    build_index(sample_config.replace(model=BUNDLED_MODEL), published)
+    old = build_index(sample_config.replace(model=BUNDLED_MODEL), published)
+    # An index of the published model from before weight hashes were recorded still opens with it.
+    manifest = version_dir(sample_config.index, old.version) / "manifest.json"
+    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "model_version"}))
+    open_index(sample_config.replace(model=BUNDLED_MODEL)).close()
     with pytest.raises(IndexMismatch, match=rf"built with model '{BUNDLED_MODEL}'.*qa index --rebuild"):
         open_index(sample_config)
     moved = build_index(sample_config, embedder, rebuild=True)

@@ -86,6 +86,26 @@ def test_model_mismatch_says_to_rebuild(sample_config, embedder):
         open_index(other)
 
 
+def test_an_index_of_other_weights_under_the_same_name_asks_for_a_rebuild(sample_config, embedder):
+    """The default model retrained by an upgrade keeps its name: the manifest's weights hash tells."""
+    from qa.embedding import model_version
+
+    first = build_index(sample_config, embedder)
+    manifest = version_dir(sample_config.index, first.version) / "manifest.json"
+    data = json.loads(manifest.read_text())
+    assert data["model"] == sample_config.model and data["model_version"] == model_version(sample_config.model) != ""
+    manifest.write_text(json.dumps({**data, "model_version": "0" * 16}))  # built before a retraining
+    with pytest.raises(IndexMismatch, match=r"other weights of model .*qa index --rebuild"):
+        open_index(sample_config)
+    del data["model_version"]  # the default model's index from before versions were recorded
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(IndexMismatch, match=r"other weights"):
+        open_index(sample_config)
+    again = build_index(sample_config, embedder)  # `qa index` starts over from the corpus
+    assert again.started_over and again.added == first.added
+    open_index(sample_config).close()
+
+
 def test_an_index_of_an_older_format_is_built_anew_from_the_corpus(sample_config, embedder):
     first = build_index(sample_config, embedder)
     manifest = version_dir(sample_config.index, first.version) / "manifest.json"

@@ -22,7 +22,7 @@ from filelock import FileLock, Timeout
 
 from qa.config import Config
 from qa.corpus import CorpusReport, Skipped, read_corpus
-from qa.embedding import Embedder, vector_backend
+from qa.embedding import Embedder, model_version, vector_backend
 from qa.index.vectors import VectorIndex
 from qa.index.version import (
     CURRENT,
@@ -390,6 +390,7 @@ def _publish(
             counts["sentences"],
             datetime.now(UTC).isoformat(timespec="seconds"),
             vector_backend(embedder.backend),
+            model_version(config.model),
         )
         (work / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
         _fsync_tree(work)

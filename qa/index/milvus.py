@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from qa.config import Config
-from qa.embedding import Embedder, vector_backend
+from qa.embedding import Embedder, model_version, vector_backend
 from qa.lexical import Analyzer, document_weights, idf
-from qa.index.version import FORMAT_VERSION, Candidates, IndexDamaged, IndexMismatch, IndexProblem, Manifest, NoIndex
+from qa.index.version import FORMAT_VERSION, Candidates, IndexDamaged, IndexMismatch, IndexProblem, Manifest, NoIndex, check_manifest
 from qa.models import Document, Filters
 from qa.store import PassageRow, SentenceRow
 
@@ -602,20 +602,6 @@ def open_milvus(config: Config) -> MilvusIndex:
     return MilvusIndex(db, manifest, config)
 
 
-def check_manifest(manifest: Manifest, config: Config) -> None:
-    if manifest.format_version != FORMAT_VERSION:
-        raise IndexMismatch(f"index format {manifest.format_version} is not {FORMAT_VERSION}: run `qa index --rebuild`")
-    if manifest.model != config.model:
-        raise IndexMismatch(
-            f"the index was built with model {manifest.model!r}, but the configured model is {config.model!r}: run `qa index --rebuild`"
-        )
-    if manifest.vectors != vector_backend(config.backend):
-        raise IndexMismatch(
-            f"the index holds {manifest.vectors} vectors, but backend {config.backend!r} makes "
-            f"{vector_backend(config.backend)} ones: run `qa index --rebuild`"
-        )
-
-
 # Building the next version.
 
 
@@ -845,6 +831,7 @@ class MilvusBuild:
             n["sentences"],
             datetime.now(UTC).isoformat(timespec="seconds"),
             vector_backend(self.embedder.backend),
+            model_version(self.config.model),
         )
         self.db.publish(manifest)
         self.db.client.delete(self.db.meta, filter='key like "part-%" or key == "build"')

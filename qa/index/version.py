@@ -16,7 +16,8 @@ import faiss
 import numpy as np
 
 from qa.config import Config
-from qa.embedding import vector_backend
+from qa.config import DEFAULT_MODEL
+from qa.embedding import model_version, vector_backend
 from qa.index.vectors import VectorIndex
 from qa.lexical import LexicalIndex
 from qa.models import Filters
@@ -74,12 +75,37 @@ class Manifest:
     created: str
     #: `vector_backend()` of the embedder that wrote the vectors ("float" or "int8").
     vectors: str = "float"
+    #: `model_version()` of the model that wrote them ("" before 2026-12-02, or for a hub name).
+    model_version: str = ""
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
         data = json.loads(path.read_text())
         fields = cls.__dataclass_fields__
         return cls(**{k: data[k] for k in fields if k in data or fields[k].default is dataclasses.MISSING})
+
+
+def check_manifest(manifest: Manifest, config: Config) -> None:
+    """An index whose vectors the configured model cannot be compared with is refused, with the way out."""
+    if manifest.format_version != FORMAT_VERSION:
+        raise IndexMismatch(f"index format {manifest.format_version} is not {FORMAT_VERSION}: run `qa index --rebuild`")
+    if manifest.model != config.model:
+        raise IndexMismatch(
+            f"the index was built with model {manifest.model!r} (dimension {manifest.dimension}), "
+            f"but the configured model is {config.model!r}: run `qa index --rebuild`"
+        )
+    # Same name, other weights: the default model retrained by an upgrade, or a folder retrained in
+    # place. Indexes from before versions were recorded pass, but the default's (its weights changed).
+    expected = model_version(config.model)
+    if manifest.model_version != expected and (manifest.model_version or config.model == DEFAULT_MODEL):
+        raise IndexMismatch(
+            f"the index was built with other weights of model {config.model!r} (it has been retrained since): run `qa index --rebuild`"
+        )
+    if manifest.vectors != vector_backend(config.backend):
+        raise IndexMismatch(
+            f"the index holds {manifest.vectors} vectors, but backend {config.backend!r} makes "
+            f"{vector_backend(config.backend)} ones: run `qa index --rebuild`"
+        )
 
 
 def current_version(index_dir: Path) -> int | None:
@@ -110,20 +136,7 @@ class IndexVersion:
             raise IndexDamaged(f"{path} has no manifest: run `qa index --rebuild`") from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise IndexDamaged(f"{path / MANIFEST} is damaged: run `qa index --rebuild`") from exc
-        if self.manifest.format_version != FORMAT_VERSION:
-            raise IndexMismatch(
-                f"index format {self.manifest.format_version} is not {FORMAT_VERSION}: run `qa index --rebuild`"
-            )
-        if self.manifest.model != config.model:
-            raise IndexMismatch(
-                f"the index was built with model {self.manifest.model!r} (dimension {self.manifest.dimension}), "
-                f"but the configured model is {config.model!r}: run `qa index --rebuild`"
-            )
-        if self.manifest.vectors != vector_backend(config.backend):
-            raise IndexMismatch(
-                f"the index holds {self.manifest.vectors} vectors, but backend {config.backend!r} makes "
-                f"{vector_backend(config.backend)} ones: run `qa index --rebuild`"
-            )
+        check_manifest(self.manifest, config)
         try:
             self.passage_vectors = VectorIndex.load(path / PASSAGE_VECTORS, config)
             self.sentence_vectors = VectorIndex.load(path / SENTENCE_VECTORS, config)
