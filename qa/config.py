@@ -94,8 +94,8 @@ class Config:
     candidates: int = setting(50, "Candidates taken from each retriever before fusion")
     fusion: str = setting("score", "How dense, sentence and BM25 rankings are fused: score (weighted sum) or rrf")
     rrf_k: float = setting(60.0, "The k of reciprocal rank fusion")
-    weight_dense: float = setting(1.0, "Fusion weight of the passage's cosine")
-    weight_sentence: float = setting(1.0, "Fusion weight of the best sentence's cosine")
+    weight_dense: float = setting(0.5, "Fusion weight of the passage's cosine")
+    weight_sentence: float = setting(1.5, "Fusion weight of the best sentence's cosine")
     weight_lexical: float = setting(0.4, "Fusion weight of BM25 (scaled by the best BM25 score)")
     rerank_passages: int = setting(
         0, "Fused candidates a cross-encoder re-reads and re-orders (0: off; 10: SQuAD recall@1 +0.05, about 0.1-0.2 s a question)"
