@@ -10,7 +10,7 @@ import numpy as np
 
 from qa.config import Config
 from qa.embedding import Embedder, files_key, resolve_model, vector_backend
-from qa.index import build_index
+from qa.index import IndexMismatch, build_index
 from qa.metrics import exact_match, f1_score, normalize_answer, read_jsonl
 from qa.models import Document, Filters
 from qa.pipeline import Pipeline
@@ -48,6 +48,16 @@ def eval_config(config: Config, paragraphs_path: Path) -> Config:
     )
 
 
+def build_eval_index(config: Config, embedder: Embedder, paragraphs: list[dict]) -> None:
+    """Brings `eval_config`'s private index up to these paragraphs. One left by another index format
+    or other model weights is started afresh: it holds nothing but them."""
+    docs = paragraphs_as_documents(paragraphs)
+    try:
+        build_index(config, embedder, upserts=docs, deletes=[], wait=600)
+    except IndexMismatch:
+        build_index(config, embedder, rebuild=True, upserts=docs, deletes=[], wait=600)
+
+
 def evaluate(
     config: Config,
     paragraphs_path: Path,
@@ -65,7 +75,7 @@ def evaluate(
         questions = questions[:limit]
     cfg = eval_config(config, paragraphs_path)
     embedder = Embedder.from_config(cfg)
-    build_index(cfg, embedder, upserts=paragraphs_as_documents(paragraphs), deletes=[], wait=600)
+    build_eval_index(cfg, embedder, paragraphs)
     pipeline = Pipeline(cfg, embedder)
     pipeline.ask("warm up")
 

@@ -177,3 +177,13 @@ def test_eval_on_a_fixture_set(tmp_path, config):
     assert m["latency_ms_p50"] > 0 and m["latency_ms_p95"] >= m["latency_ms_p50"]
     gold = evaluate(config, pp, qp, mode="gold", limit=2, show_progress=False)
     assert gold["questions"] == 2 and gold["recall@1"] == 1.0
+    # The private index is reused by the next run; one left by other model weights is started afresh.
+    from qa.evaluate import eval_config
+    from qa.index import current_version, version_dir
+
+    private = eval_config(config, pp).index
+    manifest = version_dir(private, current_version(private)) / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "model_version": "0" * 16}))
+    again = evaluate(config, pp, qp, mode="open", show_progress=False)
+    assert again["recall@1"] == m["recall@1"]
+    assert json.loads((version_dir(private, current_version(private)) / "manifest.json").read_text())["model_version"] != "0" * 16

@@ -40,8 +40,7 @@ def collect(config: Config, paragraphs: Path, questions: list[dict], mode: str) 
     import torch
 
     from qa.embedding import Embedder
-    from qa.evaluate import eval_config, paragraphs_as_documents
-    from qa.index import build_index
+    from qa.evaluate import build_eval_index, eval_config
     from qa.models import Filters
     from qa.pipeline import Pipeline
     from qa.progress import Progress
@@ -52,7 +51,7 @@ def collect(config: Config, paragraphs: Path, questions: list[dict], mode: str) 
     embedder = Embedder.from_config(cfg)
     embedder.model
     torch.set_num_threads(max(1, config.reader_threads))
-    build_index(cfg, embedder, upserts=paragraphs_as_documents(read_jsonl(paragraphs)), deletes=[], wait=600)
+    build_eval_index(cfg, embedder, read_jsonl(paragraphs))
     reader = SpanReader(cfg)
     pipeline = Pipeline(cfg, embedder, reader=reader)
     index = pipeline.index()

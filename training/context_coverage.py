@@ -25,8 +25,7 @@ GRID = [(c, o, p) for c in (0.35, 0.55, 0.75) for o in (0.1, 0.3, 0.5) for p in 
 
 def main(argv: list[str] | None = None) -> None:
     from qa.embedding import Embedder
-    from qa.evaluate import eval_config, paragraphs_as_documents
-    from qa.index import build_index
+    from qa.evaluate import build_eval_index, eval_config
     from qa.metrics import read_jsonl
     from qa.models import Filters
     from qa.pipeline import Pipeline
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         paragraphs = write_set(questions, folder)
         cfg = eval_config(Config.load(), paragraphs)
         embedder = Embedder.from_config(cfg)
-        build_index(cfg, embedder, upserts=paragraphs_as_documents(read_jsonl(paragraphs)), deletes=[], wait=600)
+        build_eval_index(cfg, embedder, read_jsonl(paragraphs))
         base = SpanReader(cfg)
         pipeline = Pipeline(cfg, embedder, reader=base)
         index = pipeline.index()

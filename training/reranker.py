@@ -274,8 +274,8 @@ def _candidates(args) -> tuple[list, list]:
     """Per question: whether each fused candidate is its paragraph, their fused scores, and the
     cross-encoder's logits of the first `--depth`; and the cross-encoder's milliseconds."""
     from qa.embedding import Embedder
-    from qa.evaluate import eval_config, paragraphs_as_documents
-    from qa.index import build_index, open_index
+    from qa.evaluate import build_eval_index, eval_config
+    from qa.index import open_index
     from qa.reranker import Reranker
     from qa.retriever import Retriever
 
@@ -283,7 +283,7 @@ def _candidates(args) -> tuple[list, list]:
         paragraphs_path, questions_path = eval_sets(Path(args.data), args.set, Path(tmp))
         config = eval_config(Config.load(), paragraphs_path)
         embedder = Embedder.from_config(config)
-        build_index(config, embedder, upserts=paragraphs_as_documents(read_jsonl(paragraphs_path)), deletes=[], wait=600)
+        build_eval_index(config, embedder, read_jsonl(paragraphs_path))
         questions = read_jsonl(questions_path)
     if args.limit:
         questions = random.Random(args.seed).sample(questions, min(args.limit, len(questions)))

@@ -171,15 +171,15 @@ def cmd_fusion(args) -> None:
     """Weights of the score fusion, searched on the fusion fold (never trained on): each question's
     candidates are fetched once, then fused under every weight on the grid."""
     from qa.embedding import Embedder
-    from qa.evaluate import eval_config, paragraphs_as_documents
-    from qa.index import build_index, open_index
+    from qa.evaluate import build_eval_index, eval_config
+    from qa.index import open_index
     from qa.retriever import _fuse_scores
 
     with tempfile.TemporaryDirectory() as tmp:
         paragraphs_path, questions_path = eval_sets(Path(args.data), "fusion", Path(tmp))
         config = eval_config(Config.load(question_encoder=args.encoder), paragraphs_path)
         embedder = Embedder.from_config(config)
-        build_index(config, embedder, upserts=paragraphs_as_documents(read_jsonl(paragraphs_path)), deletes=[], wait=600)
+        build_eval_index(config, embedder, read_jsonl(paragraphs_path))
         questions = read_jsonl(questions_path)
     index = open_index(config)
     found = []

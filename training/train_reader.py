@@ -605,8 +605,7 @@ def evaluate_reader(config: Config, paragraphs_path: Path, questions: list[dict]
     import torch
 
     from qa.embedding import Embedder
-    from qa.evaluate import eval_config, paragraphs_as_documents
-    from qa.index import build_index
+    from qa.evaluate import build_eval_index, eval_config
     from qa.models import Filters
     from qa.pipeline import Pipeline
 
@@ -614,7 +613,7 @@ def evaluate_reader(config: Config, paragraphs_path: Path, questions: list[dict]
     embedder = Embedder.from_config(cfg)
     embedder.model
     torch.set_num_threads(max(1, config.reader_threads))  # the embedder asks for every core; the CPU is shared
-    build_index(cfg, embedder, upserts=paragraphs_as_documents(read_jsonl(paragraphs_path)), deletes=[], wait=600)
+    build_eval_index(cfg, embedder, read_jsonl(paragraphs_path))
     pipeline = Pipeline(cfg, embedder, reader=reader)
     pipeline.ask("warm up")
     em = f1 = 0.0
