@@ -243,11 +243,12 @@ def cmd_tune(args) -> None:
     """Recall at each rerank depth and weight, from one pass: each question's fused candidates and
     the cross-encoder's logits for the first `--depth` of them (kept under --work), then re-ordered
     under every setting. Choose on the fusion fold; the held-out sets only confirm."""
-    from qa.embedding import files_key
+    from qa.embedding import files_key, model_version
 
     cfg = Config.load()
-    # The candidates depend on the embedding model and the fusion weights as much as on the cross-encoder.
-    retrieval = hashlib.sha256(f"{cfg.model}|{cfg.weight_dense}|{cfg.weight_sentence}|{cfg.weight_lexical}".encode()).hexdigest()[:8]
+    # The candidates depend on the embedding model (its weights too) and the fusion weights as much as on the cross-encoder.
+    model = f"{cfg.model}|{model_version(cfg.model)}"
+    retrieval = hashlib.sha256(f"{model}|{cfg.weight_dense}|{cfg.weight_sentence}|{cfg.weight_lexical}".encode()).hexdigest()[:8]
     cache = Path(args.work) / f"tune-{args.set}-{args.depth}-{args.limit}-{cfg.rerank_context_tokens}-{files_key(WEIGHTS)}-{retrieval}.json"
     if cache.exists():
         found, took = json.loads(cache.read_text())
