@@ -122,7 +122,8 @@ def test_reranking_reorders_the_passages_the_service_returns(sample_index: Confi
     assert all(0.0 <= r <= 1.0 for r in probabilities)
     assert probabilities == sorted(probabilities, reverse=True)  # rerank_weight 0: the cross-encoder's order
     assert "CEO Ginni Rometty" in reranked.passages[0].text
-    weighted = Pipeline(sample_index.replace(rerank_passages=8, rerank_weight=1000.0), embedder).ask(question, top_k=8)
+    # A weight large enough for fused scores 0.0004 apart (this sample's closest pair) to outweigh any logit.
+    weighted = Pipeline(sample_index.replace(rerank_passages=8, rerank_weight=1e6), embedder).ask(question, top_k=8)
     assert [p.id for p in weighted.passages] == [p.id for p in plain.passages]  # the fused score dominates
 
 
