@@ -103,6 +103,9 @@ class Config:
     rerank_weight: float = setting(
         20.0, "Re-ordering by the cross-encoder's logit plus this times the fused retrieval score; the readers trust passages in that order"
     )
+    rerank_margin: float = setting(
+        0.0, "Re-read only questions whose first two fused scores are closer than this, the uncertain ones (0: every question)"
+    )
     rerank_context_tokens: int = setting(
         96, "Tokens of each passage the cross-encoder reads: its sentences that share most words with the question (0: the whole passage)"
     )

@@ -162,11 +162,15 @@ class Reranker:
         """The top `rerank_passages` hits re-ordered by the cross-encoder's logit plus `rerank_weight`
         times their fused score; the rest keep their order below them. Each re-read hit carries its
         probability of answering the question (`Hit.rerank`) and the score it is ordered by
-        (`Hit.relevance`), which the readers then trust instead of the fused score. `sentences`
+        (`Hit.relevance`), which the readers then trust instead of the fused score. With
+        `rerank_margin`, a question whose first hit leads the second by at least that keeps its
+        fused order, unread. `sentences`
         (the store's, by passage) let it read each passage's best sentences only."""
         n = self.config.rerank_passages
         head = [h for h in hits[:n] if h.passage_id in rows]
         if n <= 0 or len(head) < 2:
+            return hits
+        if 0 < self.config.rerank_margin <= head[0].score - head[1].score:  # retrieval is sure enough: not worth the time
             return hits
         logits = self.scores(question, self.texts(question, [rows[h.passage_id] for h in head], sentences or {}))
         w = self.config.rerank_weight

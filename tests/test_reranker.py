@@ -125,6 +125,13 @@ def test_reranking_reorders_the_passages_the_service_returns(sample_index: Confi
     # A weight large enough for fused scores 0.0004 apart (this sample's closest pair) to outweigh any logit.
     weighted = Pipeline(sample_index.replace(rerank_passages=8, rerank_weight=1e6), embedder).ask(question, top_k=8)
     assert [p.id for p in weighted.passages] == [p.id for p in plain.passages]  # the fused score dominates
+    # Gated by the margin of the first two fused scores: a lead above it keeps the fused order, unread.
+    lead = plain.passages[0].score - plain.passages[1].score
+    assert lead > 0.001
+    sure = Pipeline(sample_index.replace(rerank_passages=8, rerank_weight=0.0, rerank_margin=lead / 2), embedder).ask(question, top_k=8)
+    assert [(p.id, p.rerank) for p in sure.passages] == [(p.id, None) for p in plain.passages]
+    unsure = Pipeline(sample_index.replace(rerank_passages=8, rerank_weight=0.0, rerank_margin=lead * 2), embedder).ask(question, top_k=8)
+    assert [p.id for p in unsure.passages] == [p.id for p in reranked.passages]
 
 
 @pytest.fixture(scope="module")
