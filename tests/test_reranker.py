@@ -67,24 +67,6 @@ def test_mined_examples_resume_and_shipping(data: Path, tmp_path: Path) -> None:
         assert scores.shape == (2,) and np.isfinite(scores).all()
 
 
-def test_examples_mined_as_the_service_reranks(data: Path, tmp_path: Path) -> None:  # noqa: F811
-    """`mine`: the fused candidates of an index of the training fold, read as the reranker reads them."""
-    work = tmp_path / "work"
-    main(["--data", str(data), "--work", str(work), "mine", "--limit", "0", "--pool", "3", "--news-repeat", "2"])
-    mined = json.loads((work / "examples.json").read_text())
-    texts, examples = mined["texts"], mined["examples"]
-    answers = {q: a for *_, q, a in QUESTIONS} | {q: a for _, _, q, a in NEWS}
-    asked = [ex["question"] for ex in examples]
-    assert sorted(set(asked)) == sorted({q for *_, q, _ in QUESTIONS} | {NEWS[0][2]})  # the training fold's questions
-    assert asked.count(NEWS[0][2]) == 2 and len(asked) == len(QUESTIONS) + 2  # the news question twice
-    paragraphs, _ = load_fold(data, "train")
-    for ex in examples:
-        assert answers[ex["question"]] in texts[ex["positive"]]
-        assert 1 <= len(ex["negatives"]) <= 3 and ex["positive"] not in ex["negatives"]
-        assert all(answers[ex["question"]] not in texts[n] for n in ex["negatives"])  # other paragraphs only
-        assert all(any(texts[i] in p["context"] for p in paragraphs) for i in [ex["positive"], *ex["negatives"]])
-
-
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory) -> Reranker:
     assert (WEIGHTS / WEIGHTS_FILE).exists() and (WEIGHTS / META_FILE).exists()

@@ -42,8 +42,8 @@ from qa.readers.span import WEIGHTS as READER_WEIGHTS
 from qa.reranker import META_FILE, WEIGHTS, WEIGHTS_FILE, trained_state
 from training.checkpoints import Checkpoint, Progress, linear_schedule, optimizer_step
 from training.retrieval import WORK as TARGETS
-from training.retrieval import answer_start, eval_sets, load_fold
 from training.retrieval import cmd_prepare as prepare_targets
+from training.retrieval import eval_sets, load_fold
 from training.squad_reader import DATA, SEED, device_for, native_bf16
 
 WORK = Path(__file__).resolve().parent.parent / ".cache" / "reranker"
@@ -109,61 +109,6 @@ def cmd_prepare(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     (work / "examples.json").write_text(json.dumps({"texts": texts, "examples": out}))
     print(f"{len(out)} questions ({len(news)} news), {len(texts)} passages; {time.time() - started:.0f}s", flush=True)
-
-
-def cmd_mine(args) -> None:
-    """Training examples as the service reranks: each question's fused candidates from an index of
-    the training fold (the shipped model and fusion weights), each passage cut to its best sentences
-    by `Reranker.texts`, the answering passage first. What the cross-encoder reads in training is
-    then what it reads at query time."""
-    from qa.embedding import Embedder
-    from qa.evaluate import build_eval_index, eval_config
-    from qa.index import open_index
-    from qa.reranker import Reranker
-    from qa.retriever import Retriever
-
-    started = time.time()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    paragraphs, questions = load_fold(Path(args.data), "train")
-    fold_file = work / "train-paragraphs.jsonl"
-    fold_file.write_text("".join(json.dumps(p) + "\n" for p in paragraphs))
-    config = eval_config(Config.load(index=work / "index"), fold_file)
-    embedder = Embedder.from_config(config)
-    build_eval_index(config, embedder, paragraphs)
-    index, retriever, reranker = open_index(config), Retriever(config), Reranker(config)
-    print(f"index of {len(paragraphs)} training paragraphs ready; {time.time() - started:.0f}s", flush=True)
-
-    rng = random.Random(args.seed)
-    rng.shuffle(questions)
-    news = [q for q in questions if q["context_id"].startswith("rtqa")]
-    squad = [q for q in questions if not q["context_id"].startswith("rtqa")][args.squad_skip :]
-    chosen = news * args.news_repeat + (squad[: max(0, args.limit - len(news) * args.news_repeat)] if args.limit else squad)
-    rng.shuffle(chosen)
-    context = {p["id"]: p["context"] for p in paragraphs}
-    texts: list[str] = []
-    out, missed = [], 0
-    for q in chosen:
-        vector = embedder.embed_questions([q["question"]])[0]
-        hits = retriever.retrieve(index, vector, q["question"], args.pool + 1, None)
-        gold = index.store.document_passage_ids(q["context_id"])
-        rows = index.store.passages(sorted({h.passage_id for h in hits} | set(gold)))
-        at = answer_start(q, context[q["context_id"]])
-        inside = [p for p in gold if at >= 0 and rows[p].start <= at < rows[p].end]
-        ranked_gold = [h.passage_id for h in hits if h.passage_id in gold]
-        positive = inside[0] if inside else (ranked_gold[0] if ranked_gold else gold[0])
-        negatives = [h.passage_id for h in hits if rows[h.passage_id].document_id != q["context_id"]][: args.pool]
-        missed += positive not in [h.passage_id for h in hits]
-        ids = [positive, *negatives]
-        read = reranker.texts(q["question"], [rows[i] for i in ids], index.store.sentences(ids))
-        out.append({"question": q["question"], "positive": len(texts), "negatives": list(range(len(texts) + 1, len(texts) + len(ids)))})
-        texts += read
-    (work / "examples.json").write_text(json.dumps({"texts": texts, "examples": out}))
-    print(
-        f"{len(out)} questions ({len(news)} news x {args.news_repeat}), positive outside the fused top "
-        f"{args.pool + 1}: {missed}; {time.time() - started:.0f}s",
-        flush=True,
-    )
 
 
 # --------------------------------------------------------------------------------------- training
@@ -398,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     args.argv = argv[1:]
-    {"prepare": cmd_prepare, "mine": cmd_mine, "train": cmd_train, "eval": cmd_eval, "tune": cmd_tune}[args.cmd](args)
+    {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "tune": cmd_tune}[args.cmd](args)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -411,11 +356,6 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare")
     p.add_argument("--limit", type=int, default=12000, help="training questions (all news ones, then SQuAD); 0: all")
     p.add_argument("--pool", type=int, default=20, help="mined negatives kept per question")
-    m = sub.add_parser("mine", help="examples from the service's own retrieval and reranker input (instead of prepare)")
-    m.add_argument("--limit", type=int, default=6000, help="training questions (the news ones --news-repeat times, then SQuAD); 0: all")
-    m.add_argument("--pool", type=int, default=10, help="fused candidates kept as negatives per question")
-    m.add_argument("--news-repeat", type=int, default=1)
-    m.add_argument("--squad-skip", type=int, default=0, help="start at this SQuAD question of the seed's shuffle")
     t = sub.add_parser("train")
     t.add_argument("--out", default=str(WEIGHTS))
     start_help = "a span reader's weights (its layers), or a reranker's to continue ('' for the bundled model)"
