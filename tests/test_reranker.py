@@ -60,6 +60,21 @@ def test_mined_examples_resume_and_shipping(data: Path, tmp_path: Path) -> None:
     continued = json.loads((tmp_path / "w3" / META_FILE).read_text())
     assert continued["train_questions"] == len(examples) - 2 and continued["init_recipe"] == meta
 
+    # Distillation: a teacher that ranks the first negative above the passage that answers pulls the
+    # student its way; questions the teacher did not score are left out.
+    teacher = work / "teacher.jsonl"
+    teacher.write_text("".join(json.dumps({"i": i, "logits": [0.0, 8.0, -8.0, -8.0]}) + "\n" for i in range(len(examples) - 1)))
+
+    def margins(weights: Path) -> float:
+        """The mean logit of each question's first negative over its passage's."""
+        reranker = Reranker(Config.load(backend="torch"), weights)
+        pairs = [(ex["question"], [texts[ex["negatives"][0]], texts[ex["positive"]]]) for ex in examples]
+        return float(np.mean([np.subtract(*reranker.scores(q, read)) for q, read in pairs]))
+
+    train(tmp_path / "w4", "--init", str(tmp_path / "w1"), "--teacher", str(teacher), "--distill", "1", "--negatives", "3", "--lr", "2e-4")
+    assert json.loads((tmp_path / "w4" / META_FILE).read_text())["train_questions"] == len(examples) - 1
+    assert margins(tmp_path / "w4") > margins(tmp_path / "w1") + 1.0
+
     # The trained layers load onto the bundled model and score a pair on either backend.
     for backend in ("torch", "onnx"):
         config = Config.load(backend=backend, cache=tmp_path / "cache")

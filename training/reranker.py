@@ -2,6 +2,7 @@
 
     python -m training.reranker prepare                # each training question's positive and mined negatives
     python -m training.reranker train [--limit 12000]  # resumable; writes qa/reranker_weights/
+    python -m training.reranker train --teacher LOGITS.jsonl [--distill 0.5]   # learning a larger model's scores
     python -m training.reranker tune --set fusion|squad13|rtqa-new --depth 20   # recall by depth and weight
     python -m training.reranker eval --set squad13|rtqa-new|fusion --passages 0,10
 
@@ -133,7 +134,16 @@ def cmd_train(args) -> None:
     tokenizer = AutoTokenizer.from_pretrained(base)
     data = json.loads((Path(args.work) / "examples.json").read_text())
     texts, examples = data["texts"], data["examples"]
-    examples = examples[args.skip : args.skip + args.limit if args.limit else None]
+    teacher: dict[int, list[float]] = {}
+    if args.teacher:
+        # Another cross-encoder's logits over each example's positive and negatives, in that order.
+        for line in open(args.teacher):
+            row = json.loads(line)
+            teacher[row["i"]] = row["logits"]
+    examples = [{**ex, "i": i} for i, ex in enumerate(examples)][args.skip : args.skip + args.limit if args.limit else None]
+    if args.teacher:
+        examples = [ex for ex in examples if ex["i"] in teacher]
+        print(f"{len(examples)} examples with the teacher's logits", flush=True)
 
     torch.manual_seed(args.seed)
     model = BertForSequenceClassification.from_pretrained(base, num_labels=1).to(device)
@@ -154,16 +164,19 @@ def cmd_train(args) -> None:
     sched = linear_schedule(opt, steps)
 
     run = f"{args.seed}-{args.lr}-{args.batch}-{args.negatives}-{args.max_len}-{len(examples)}" + (f"-from{args.skip}" if args.skip else "")
+    run += f"-distill{args.distill}" if args.teacher else ""
     ckpt = Checkpoint(Path(args.work) / f"checkpoint-{run}.pt", model, opt, sched, trained_state)
     step, trained_s = ckpt.resume(device)
 
-    def group(i: int, epoch: int) -> list[int]:
-        """The positive first, then `--negatives` drawn at random from the `--pool` hardest mined."""
-        ex = examples[i]
+    def picks(i: int, epoch: int) -> list[int]:
+        """Which of the example's candidates a step reads: the positive (0) first, then
+        `--negatives` drawn at random from the `--pool` hardest mined (1, 2, ...)."""
         rng = random.Random(f"{args.seed}-{epoch}-{i}")
-        pool = ex["negatives"][: args.pool]
-        picked = sorted(rng.sample(range(len(pool)), min(args.negatives, len(pool))))
-        return [ex["positive"], *[pool[k] for k in picked]]
+        pool = min(args.pool, len(examples[i]["negatives"]))
+        return [0, *[k + 1 for k in sorted(rng.sample(range(pool), min(args.negatives, pool)))]]
+
+    def candidate(ex: dict, k: int) -> int:
+        return ex["positive"] if k == 0 else ex["negatives"][k - 1]
 
     model.train()
     progress = Progress(steps, 25, "pairs", trained_s)
@@ -172,10 +185,10 @@ def cmd_train(args) -> None:
         order = list(range(len(examples)))
         random.Random(args.seed + epoch).shuffle(order)
         batch = order[k * args.batch : (k + 1) * args.batch]
-        groups = [group(i, epoch) for i in batch]
+        groups = [picks(i, epoch) for i in batch]
         enc = tokenizer(
             [examples[i]["question"] for i, g in zip(batch, groups) for _ in g],
-            [texts[p] for g in groups for p in g],
+            [texts[candidate(examples[i], k)] for i, g in zip(batch, groups) for k in g],
             truncation="only_second",
             max_length=args.max_len,
             padding="longest",
@@ -186,7 +199,13 @@ def cmd_train(args) -> None:
         size = max(len(g) for g in groups)
         if any(len(g) != size for g in groups):
             raise ValueError("every question needs the same number of negatives")
-        loss = torch.nn.functional.cross_entropy(logits.view(len(groups), size), torch.zeros(len(groups), dtype=torch.long, device=device))
+        logits = logits.view(len(groups), size)
+        loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(groups), dtype=torch.long, device=device))
+        if args.teacher:
+            # Distillation: the student's softmax over the group learns the teacher's, not only its argmax.
+            soft = torch.tensor([[teacher[examples[i]["i"]][k] for k in g] for i, g in zip(batch, groups)], device=device)
+            kl = torch.nn.functional.kl_div(logits.log_softmax(-1), soft.log_softmax(-1), log_target=True, reduction="batchmean")
+            loss = (1 - args.distill) * loss + args.distill * kl
         step += 1
         progress.update(step, optimizer_step(loss, body + head, opt, sched), len(batch) * size)
         if step % args.checkpoint_every == 0 or step == steps:
@@ -214,6 +233,8 @@ def cmd_train(args) -> None:
         "negatives": args.negatives,
         "pool": args.pool,
         "train_questions": len(examples),
+        "teacher": Path(args.teacher).name if args.teacher else None,
+        "distill": args.distill if args.teacher else None,
         "precision": "bf16" if bf16 else "fp32",
         "device": str(device),
         "held_out": "squad11_dev13 (all 13 articles); RealTimeQA from 2021/07 on; squad11_train md5(title) % 40 == 0",
@@ -369,6 +390,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--negatives", type=int, default=7, help="negatives per question")
     t.add_argument("--pool", type=int, default=12, help="drawn from this many of the hardest")
     t.add_argument("--max-len", type=int, default=192)
+    t.add_argument("--teacher", default="", help="JSON lines {i, logits}: a teacher cross-encoder's logits over example i's candidates")
+    t.add_argument("--distill", type=float, default=0.5, help="with --teacher: the teacher's share of the loss")
     t.add_argument("--checkpoint-every", type=int, default=50, help="steps")
     t.add_argument("--stop-after", type=int, default=0, help=argparse.SUPPRESS)
     t.add_argument("--threads", type=int, default=2)

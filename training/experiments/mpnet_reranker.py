@@ -119,6 +119,37 @@ def cmd_score(args) -> None:
     print(f"{len(rows)} questions, {1000 * (time.time() - started) / len(rows):.0f} ms a question (torch, bf16)")
 
 
+def cmd_teach(args) -> None:
+    """The cross-encoder's logits over each training example's positive and negatives (a teacher's
+    soft labels for `training.reranker train --teacher`); one JSON line per example, resumable."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(2)
+    tokenizer = AutoTokenizer.from_pretrained(args.base)
+    model = AutoModelForSequenceClassification.from_pretrained(args.base, num_labels=1)
+    model.load_state_dict(torch.load(args.weights))
+    model.eval()
+    mined = json.loads(Path(args.examples).read_text())
+    texts, examples = mined["texts"], mined["examples"][: args.limit or None]
+    out = Path(args.out)
+    done = {json.loads(line)["i"] for line in out.open()} if out.exists() else set()
+    seen: dict[str, list[float]] = {}
+    started = time.time()
+    with out.open("a") as f, torch.inference_mode():
+        for i, ex in enumerate(examples):
+            if i in done:
+                continue
+            read = [texts[p] for p in [ex["positive"], *ex["negatives"]]]
+            key = json.dumps([ex["question"], read])
+            if key not in seen:  # news questions appear twice, read the same way
+                seen[key] = [round(x, 4) for x in batch_logits(model, tokenizer, [ex["question"]] * len(read), read).tolist()]
+            f.write(json.dumps({"i": i, "logits": seen[key]}) + "\n")
+            f.flush()
+            if (i + 1) % 100 == 0:
+                print(f"{i + 1}/{len(examples)} {time.time() - started:.0f}s", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m training.experiments.mpnet_reranker")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -136,8 +167,14 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--weights", required=True)
     s.add_argument("--dump", required=True)
     s.add_argument("--out", required=True)
+    c = sub.add_parser("teach")
+    c.add_argument("--base", required=True)
+    c.add_argument("--weights", required=True)
+    c.add_argument("--examples", required=True)
+    c.add_argument("--limit", type=int, default=0)
+    c.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    {"dump": cmd_dump, "train": cmd_train, "score": cmd_score}[args.cmd](args)
+    {"dump": cmd_dump, "train": cmd_train, "score": cmd_score, "teach": cmd_teach}[args.cmd](args)
 
 
 if __name__ == "__main__":
