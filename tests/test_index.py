@@ -145,10 +145,13 @@ def test_killed_build_leaves_previous_version_serving(sample_config, embedder):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 120
-    while time.time() < deadline and not list(sample_config.index.glob(".build-*")):
-        time.sleep(0.05)
-    time.sleep(1.0)  # well into embedding
-    assert proc.poll() is None, "the build finished before it could be killed"
+    while time.time() < deadline and proc.poll() is None and not list(sample_config.index.glob(".build-*")):
+        time.sleep(0.005)
+    # Frozen the moment its work folder appears, so the kill lands mid-build on a machine of any
+    # speed (a fixed sleep once let a fast machine publish first).
+    os.kill(proc.pid, signal.SIGSTOP)
+    assert proc.poll() is None, "the build finished before it could be stopped"
+    assert list(sample_config.index.glob(".build-*")) and current_version(sample_config.index) == 1
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
 
