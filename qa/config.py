@@ -114,6 +114,9 @@ class Config:
     reader: str = setting("span", "span (trained, short exact answers) or sentence (no model, fastest)")
     read_passages: int = setting(8, "Passages the reader looks at")
     max_answers: int = setting(5, "Most answers returned")
+    answer_passage_first: float = setting(
+        0.45, "Span reader: an answer at least this likely lists its passage first, ahead of the retrieval order (above 1: never)"
+    )
     answer_threshold: float = setting(
         0.15,
         "Span reader: answers less likely than this to be right are withheld (then no_answer is true)",

@@ -90,7 +90,9 @@ class PassageHit(BaseModel):
 class AskResult(BaseModel):
     question: str
     answers: list[Answer]
-    passages: list[PassageHit]
+    passages: list[PassageHit] = Field(
+        description="Best first: the retrieval (or cross-encoder) order, except that a likely answer's passage comes first"
+    )
     no_answer: bool
     took_ms: float
     index_version: int | None = None

@@ -12,10 +12,10 @@ import time
 from qa.config import Config
 from qa.embedding import Embedder
 from qa.index import IndexVersion, open_index, published_version
-from qa.models import AskResult, Filters, PassageHit
+from qa.models import Answer, AskResult, Filters, PassageHit
 from qa.readers import Reader, make_reader
 from qa.reranker import Reranker
-from qa.retriever import Retriever
+from qa.retriever import Hit, Retriever
 
 
 class Pipeline:
@@ -54,6 +54,8 @@ class Pipeline:
             head = [h.passage_id for h in hits[: self.config.rerank_passages]]
             hits = self.reranker.rerank(question, hits, rows, index.store.sentences(head))
         answers = self.reader.read(question, vector, index, hits, rows)
+        if self._answer_goes_first(answers, hits):
+            hits = sorted(hits, key=lambda h: h.passage_id != answers[0].passage_id)
         passages = [
             PassageHit(
                 id=h.passage_id,
@@ -78,4 +80,13 @@ class Pipeline:
             no_answer=not answers,
             took_ms=round((time.perf_counter() - started) * 1000, 2),
             index_version=index.version,
+        )
+
+    def _answer_goes_first(self, answers: list[Answer], hits: list[Hit]) -> bool:
+        """The span reader has read the passages with the question, which retrieval has not: its
+        likely answer's passage is the better first passage. Not the sentence reader's (its score
+        is a heuristic, and its choice lost places on the calibration fold), and not over an order a
+        cross-encoder made, which the reader does not improve on (docs/evaluation.md)."""
+        return bool(
+            answers and self.config.reader == "span" and answers[0].score >= self.config.answer_passage_first and hits[0].relevance is None
         )

@@ -9,7 +9,7 @@ import pytest
 from qa.evaluate import evaluate
 from qa.metrics import exact_match, f1_score, normalize_answer
 from qa.models import Filters
-from tests.conftest import IBM_QUESTION, ROOT
+from tests.conftest import IBM_QUESTION, ROOT, write_article
 
 REASONS = {
     "lure": "lure away customers",
@@ -64,6 +64,41 @@ def test_answer_offsets_point_at_the_text(sample_pipeline, sample_index):
     # The article names both: "IBM's Power8 chips" and "IBM's Powerserver chips".
     assert "Power" in result.answers[0].text and "chips" in result.answers[0].sentence
     index.close()
+
+
+def test_a_likely_answer_lists_its_passage_first(config, embedder):
+    from qa.index import build_index
+    from qa.pipeline import Pipeline
+
+    write_article(
+        config.corpus,
+        "bridge.txt",
+        "The Eldham bridge",
+        "The Eldham bridge, a steel arch over the river Wend, was designed by engineers from Oslo and painted green.",
+        "The Eldham bridge carries two lanes of traffic and a footpath across the river Wend.",
+    )
+    write_article(
+        config.corpus,
+        "opening.txt",
+        "Traffic at last",
+        "Cars first crossed the new crossing at Eldham on 3 March 2019, after four years of work on the river banks.",
+        "The council said the opening ceremony was attended by 2,000 people.",
+    )
+    write_article(config.corpus, "ferry.txt", "Ferry timetable", "The ferry to Eldham will run every hour during the festival weekend.")
+    build_index(config, embedder)
+    question = "On what date was the Eldham bridge opened?"
+
+    def order(threshold: float) -> tuple[list[int], list]:
+        result = Pipeline(config.replace(answer_passage_first=threshold), embedder).ask(question)
+        return [p.id for p in result.passages], result.answers
+
+    retrieved, answers = order(1.01)  # never: the retrieval order
+    assert "3 March 2019" in answers[0].text and answers[0].document_id == "opening.txt"
+    assert retrieved[0] != answers[0].passage_id, "retrieval must rank the bridge's own article first for this test"
+    moved, again = order(answers[0].score - 0.1)
+    assert again[0].passage_id == answers[0].passage_id
+    assert moved[0] == answers[0].passage_id and moved[1:] == [p for p in retrieved if p != moved[0]][: len(moved) - 1]
+    assert order(answers[0].score + 0.01)[0] == retrieved  # a less likely answer leaves the order alone
 
 
 def test_unrelated_question_has_no_answer(sample_pipeline):

@@ -225,7 +225,7 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval")
     e.add_argument("--set", choices=("squad13", "rtqa-new", "rtqa-all", "fusion"), default="squad13")
     e.add_argument("--encoders", default="model", help="question encoders, comma-separated: model (the passages' own) or folders")
-    e.add_argument("--reader", default="sentence", help="retrieval figures do not depend on it; sentence is the fastest")
+    e.add_argument("--reader", default="span", help="the service's; its likely answers list their passage first (QA_ANSWER_PASSAGE_FIRST)")
     e.add_argument("--limit", type=int, default=0)
     f = sub.add_parser("fusion")
     f.add_argument("--encoder", default="model", help="the question encoder: model or a folder")
