@@ -137,7 +137,13 @@ def test_spans_pay_for_a_weaker_passage(tiny_model, sample_index, embedder, tmp_
     """The ranking adds the passage's retrieval score: with a large weight the best retrieved
     passage's spans come first, whatever a (here random) model thinks of the others."""
     base = sample_index.replace(
-        reader_model=str(tiny_model), answer_threshold=0.0, span_null_margin=-1e9, cache=tmp_path, max_answers=10, span_passage_weight=0.0
+        reader_model=str(tiny_model),
+        answer_threshold=0.0,
+        span_null_margin=-1e9,
+        cache=tmp_path,
+        max_answers=10,
+        span_passage_weight=0.0,
+        answer_passage_first=2.0,  # passages in retrieval's order, whatever the answers
     )
     question = "What chips would Inspur use?"
     plain = Pipeline(base, embedder, reader=SpanReader(base)).ask(question)
