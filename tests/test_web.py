@@ -98,6 +98,8 @@ def test_ask_shows_highlighted_answer(page, sample_site, tmp_path):
     assert page.input_value("#q") == IBM_QUESTION  # the question stays in the box
     assert page.title() == f"{IBM_QUESTION} · News QA"
     assert page.locator(".passages details[open]").count() == 1
+    # The top answer's words are marked where they stand in its passage, and only there.
+    assert [m.text_content() for m in page.locator(".passages mark").all()] == [marks[0]]
     # The stylesheet is applied: the highlight is coloured.
     assert page.eval_on_selector(".answers mark", "m => getComputedStyle(m).backgroundColor") == "rgb(255, 229, 138)"
 
