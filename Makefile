@@ -1,23 +1,41 @@
 # One-command set-up: `make run` serves the sample corpus, `make test` runs the suite.
-# Everything is installed into .venv; torch comes first as the CPU build so nothing pulls CUDA.
+# Everything is installed into .venv from the lock file (requirements.lock): exact versions and
+# hashes of every package, the CPU build of torch among them, so nothing pulls CUDA and a release
+# made tomorrow changes nothing here. `make lock` regenerates it; `make test-latest` tries tomorrow's.
 
 VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 QA      := $(VENV)/bin/qa
 STAMP   := $(VENV)/.installed
+LOCK    := requirements.lock
 PIP     := $(PY) -m pip install --quiet --disable-pip-version-check
+# pip-tools writes the lock (pip's own resolver, so torch resolves to the CPU wheel as pip does).
+PIP_TOOLS := pip-tools==7.7.0
+LOCK_VENV := .cache/lock-venv
+LATEST_VENV := .cache/latest-venv
+# The CPU build of torch that requirements.in pins (a newer torch from PyPI is a CUDA build).
+TORCH   := $(shell sed -n 's/^torch==//p' requirements.in)
 
-.PHONY: setup browser run index lint test stress bench train-reader train-retriever train-reranker settings clean
+.PHONY: setup browser run index lint test test-latest lock stress bench train-reader train-retriever train-reranker settings clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The lock as it is (pip checks every hash and that nothing is missing), then the project itself
+# without dependencies: the lock already holds them, the build backend (hatchling) included.
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip
-	$(PIP) torch==2.13.0
-	$(PIP) -e '.[test]'
+	$(PIP) --require-hashes -r $(LOCK)
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Regenerates the lock from pyproject.toml's ranges and requirements.in (torch, pip): the newest
+# releases that fit. Then `make test`, and commit both if it passes.
+lock:
+	test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_TOOLS)
+	$(LOCK_VENV)/bin/pip-compile --quiet --upgrade --allow-unsafe --generate-hashes --strip-extras --extra test --extra milvus \
+		--no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml requirements.in
 
 # Headless Chromium for the browser test, from Debian (needs root, as in CI).
 browser:
@@ -32,8 +50,24 @@ run: index
 lint: setup
 	$(VENV)/bin/ruff check qa tests bench training
 
+# The suite's temporary files (pytest's folders, Milvus Lite's logs and sockets, Chromium's profile)
+# go to a folder of its own, removed afterwards: a run leaves nothing in the system's /tmp.
 test: setup browser lint
-	$(PY) -m pytest -q
+	@tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/qa-test.XXXXXX"); TMPDIR=$$tmp $(PY) -m pytest -q; rc=$$?; rm -rf "$$tmp"; exit $$rc
+
+# Tomorrow's releases, before a user meets them: a throwaway venv with the newest versions that
+# pyproject.toml allows (the CPU torch of requirements.in), the suite, then what differs from the
+# lock. Not part of `make test`; when it passes, `make lock` takes the new versions.
+test-latest: browser
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch==$(TORCH)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,milvus]'
+	@tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/qa-test.XXXXXX"); \
+	$(LATEST_VENV)/bin/ruff check qa tests bench training && TMPDIR=$$tmp $(LATEST_VENV)/bin/python -m pytest -q; rc=$$?; rm -rf "$$tmp"; \
+	$(LATEST_VENV)/bin/python -m tests.lockfile $(LOCK); \
+	echo "test-latest: the suite $$( [ $$rc = 0 ] && echo passed || echo FAILED ) on the versions above"; exit $$rc
 
 # Rewrites the README's settings table from qa/config.py (a test fails when it is stale).
 settings: setup
@@ -53,8 +87,8 @@ bench: setup
 # Resumable: run it again after an interruption and it continues from .cache/reader-train/. One epoch
 # took 5,179 s of training on the 2-core CPU (a GPU is used when torch sees one).
 train-reader: setup
-	$(PY) -m training.squad_reader train
-	$(PY) -m training.calibrate fit
+	$(PY) -m training.squad_reader train --out qa/reader_weights
+	$(PY) -m training.calibrate fit --out qa/reader_weights
 
 # The default embedding model (all-MiniLM-L6-v2-qa): both sides of the bundled model trained on
 # SQuAD train and the older RealTimeQA weeks (training/dual_encoder.py, seed 13), writes
@@ -64,15 +98,15 @@ train-reader: setup
 # (`qa index --rebuild`).
 train-retriever: setup
 	$(PY) -m training.dual_encoder prepare
-	$(PY) -m training.dual_encoder train --max-steps 300
-	$(PY) -m training.dual_encoder train --init qa/retriever_weights --skip 300 --max-steps 500
+	$(PY) -m training.dual_encoder train --max-steps 300 --out qa/retriever_weights
+	$(PY) -m training.dual_encoder train --init qa/retriever_weights --skip 300 --max-steps 500 --out qa/retriever_weights
 
 # The cross-encoder reranker (qa/reranker.py, off by default; training/reranker.py, seed 13): mines
 # hard negatives with the bundled model, then trains from the span reader's layers; writes
 # qa/reranker_weights/. Resumable from .cache/reranker/; docs/evaluation.md has its CPU time.
 train-reranker: setup
 	$(PY) -m training.reranker prepare
-	$(PY) -m training.reranker train --limit 6000 --negatives 5 --pool 10 --lr 4e-5
+	$(PY) -m training.reranker train --limit 6000 --negatives 5 --pool 10 --lr 4e-5 --out qa/reranker_weights
 
 clean:
-	rm -rf $(VENV) index/v* index/CURRENT index/eval
+	rm -rf $(VENV) $(LOCK_VENV) $(LATEST_VENV) index/v* index/CURRENT index/eval

@@ -55,15 +55,20 @@ def main() -> None:
 @click.option("--rebuild", is_flag=True, help="Start over instead of updating the current index.")
 @click.option("--wait", type=float, default=0.0, show_default=True, help="Seconds to wait for another build.")
 @click.option("--part", callback=lambda ctx, param, value: _part(value), help="I/N: embed this worker's share (Milvus only).")
-def index(corpus, index_dir, model, milvus_uri, rebuild, wait, part) -> None:
+@click.option(
+    "--allow-removals", is_flag=True, help="Remove documents gone from the corpus even when they are more than QA_MAX_REMOVE_FRACTION."
+)
+def index(corpus, index_dir, model, milvus_uri, rebuild, wait, part, allow_removals) -> None:
     """Index new and changed articles; remove deleted ones."""
     from qa.embedding import Embedder
-    from qa.index import IndexProblem, build_index
+    from qa.index import IndexProblem, build_index, require_corpus
 
     cfg = load_config(corpus, index_dir, model, milvus_uri=milvus_uri)
-    embedder = Embedder.from_config(cfg)
     try:
-        summary = build_index(cfg, embedder, rebuild=rebuild, wait=wait, show_progress=sys.stderr.isatty(), part=part)
+        require_corpus(cfg.corpus)  # before the model loads: a typo is told at once
+        embedder = Embedder.from_config(cfg)
+        # Progress goes to stderr: a bar on a terminal, a line per tenth of the work in a log or a pipe.
+        summary = build_index(cfg, embedder, rebuild=rebuild, wait=wait, show_progress=True, part=part, allow_removals=allow_removals)
     except IndexProblem as exc:
         raise click.ClickException(str(exc)) from exc
     except (OSError, RuntimeError) as exc:  # a full disk, a read-only folder: the build is abandoned whole
@@ -108,9 +113,14 @@ def serve(corpus, index_dir, model, milvus_uri, host, port) -> None:
     """Run the web form and JSON API."""
     import uvicorn
 
+    from qa.index import IndexProblem, require_corpus
     from qa.service import create_app
 
     cfg = load_config(corpus, index_dir, model, milvus_uri=milvus_uri, host=host, port=port)
+    try:
+        require_corpus(cfg.corpus)  # the folder its writes and rebuilds work on
+    except IndexProblem as exc:
+        raise click.ClickException(str(exc)) from exc
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info")
 
 

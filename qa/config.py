@@ -20,6 +20,9 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2-qa"
 #: How the embedding model runs: sentence-transformers on torch, or the same weights exported to
 #: ONNX Runtime (several times faster on a CPU, same vectors), optionally with int8 weights.
 BACKENDS = ("torch", "onnx", "onnx-int8")
+#: The removal guard (QA_MAX_REMOVE_FRACTION) applies to an index of at least this many documents:
+#: emptying a smaller one is ordinary while a corpus is set up.
+REMOVAL_GUARD_MIN_DOCUMENTS = 5
 
 
 def packaged_web() -> Path:
@@ -78,6 +81,11 @@ class Config:
     batch_size: int = setting(64, "Passages embedded per batch")
     backend: str = setting("onnx-int8", "How the embedder runs: torch, onnx (same vectors, faster) or onnx-int8 (fastest)")
     keep_versions: int = setting(2, "Older index versions kept, so a process still reading one is not cut off")
+    max_remove_fraction: float = setting(
+        0.5,
+        f"A build of the corpus folder that would remove more than this share of the indexed documents refuses "
+        f"(once the index holds {REMOVAL_GUARD_MIN_DOCUMENTS}); `qa index --allow-removals` confirms it",
+    )
 
     # Vector indexes.
     ann_min_vectors: int = setting(50_000, "From this many vectors on, search an HNSW graph instead of exactly")

@@ -16,11 +16,14 @@ from charset_normalizer import from_bytes
 from dateutil import parser as dateparser
 
 from qa.models import Document
+from qa.progress import Progress
 
 TEXT_SUFFIXES = {".txt", ".md"}
 HTML_SUFFIXES = {".html", ".htm"}
 JSON_SUFFIXES = {".json", ".jsonl"}
 SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | JSON_SUFFIXES
+#: Reading a folder of fewer files is quick: no progress for it.
+PROGRESS_FROM_FILES = 100
 
 # A line that is only a date: "23 Aug 2014", "August 23, 2014", "2014-08-23", "Sat 23 Aug 2014".
 _DATE_LINE = re.compile(
@@ -45,26 +48,41 @@ class CorpusReport:
     skipped: list[Skipped]
 
 
-def read_corpus(root: Path) -> CorpusReport:
-    """Every article under `root`, and the files that had to be skipped, with why."""
+def read_corpus(root: Path, show_progress: bool = False) -> CorpusReport:
+    """Every article under `root`, and the files that had to be skipped, with why. With
+    `show_progress`, a large folder's reading is shown (`qa.progress`: a bar, or lines in a log)."""
     documents: list[Document] = []
     skipped: list[Skipped] = []
     seen: set[str] = set()
     if not root.is_dir():
         return CorpusReport(documents, skipped)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        if path.suffix.lower() not in SUFFIXES or any(part.startswith(".") for part in path.relative_to(root).parts):
-            continue
-        try:
-            for doc in read_file(path, rel):
-                if doc.id in seen:
-                    raise CorpusError(f"duplicate document id {doc.id!r}")
-                seen.add(doc.id)
-                documents.append(doc)
-        except CorpusError as exc:
-            skipped.append(Skipped(rel, str(exc)))
+    paths = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in SUFFIXES and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    with Progress(len(paths), "reading", "file", enabled=show_progress and len(paths) >= PROGRESS_FROM_FILES) as progress:
+        for path in paths:
+            _read_into(path, root, documents, skipped, seen)
+            progress.update(1)
     return CorpusReport(documents, skipped)
+
+
+def _read_into(path: Path, root: Path, documents: list[Document], skipped: list[Skipped], seen: set[str]) -> None:
+    """One file's documents onto `documents`, or its reason onto `skipped`."""
+    rel = path.relative_to(root).as_posix()
+    try:
+        found = read_file(path, rel)
+        ids: set[str] = set()
+        for doc in found:
+            if doc.id in seen or doc.id in ids:
+                raise CorpusError(f"duplicate document id {doc.id!r}")
+            ids.add(doc.id)
+    except CorpusError as exc:
+        skipped.append(Skipped(rel, str(exc)))
+        return
+    seen.update(ids)
+    documents.extend(found)
 
 
 def read_file(path: Path, rel: str | None = None) -> list[Document]:

@@ -15,6 +15,7 @@ from qa.metrics import exact_match, f1_score, normalize_answer, read_jsonl
 from qa.models import Document, Filters
 from qa.pipeline import Pipeline
 from qa.progress import Progress
+from qa.readers.base import Reader, is_why
 
 RECALL_AT = (1, 5, 20)
 
@@ -67,21 +68,38 @@ def evaluate(
     extractive_only: bool = False,
     show_progress: bool = True,
 ) -> dict:
-    paragraphs = read_jsonl(paragraphs_path)
+    """`qa eval`: the metrics of a JSONL question set asked of its own paragraphs file."""
     questions = read_jsonl(questions_path)
     if extractive_only:
         questions = [q for q in questions if q.get("answer_in_context", bool(q.get("answers")))]
     if limit:
         questions = questions[:limit]
+    return evaluate_questions(config, paragraphs_path, questions, mode, show_progress=show_progress)
+
+
+def evaluate_questions(
+    config: Config,
+    paragraphs_path: Path,
+    questions: list[dict],
+    mode: str = "open",
+    reader: Reader | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Retrieval recall and MRR, EM/F1 of the top answer, the no-answer rate and latency, over
+    `questions` asked of an index of `paragraphs_path` (built once, reused). Questions marked
+    `is_impossible` count apart: the share that got no answer (SQuAD 2's no-answer accuracy).
+    `reader`: another reader than the configured one (training/reader_eval.py compares them)."""
+    paragraphs = read_jsonl(paragraphs_path)
     cfg = eval_config(config, paragraphs_path)
     embedder = Embedder.from_config(cfg)
     build_eval_index(cfg, embedder, paragraphs)
-    pipeline = Pipeline(cfg, embedder)
+    pipeline = Pipeline(cfg, embedder, reader=reader)
     pipeline.ask("warm up")
 
     hits = {k: 0 for k in RECALL_AT}
     rr = em = f1 = sentence_ok = 0.0
-    answerable = unanswerable = no_answer_ok = 0
+    answerable = unanswerable = no_answer_ok = empty = 0
+    by_kind: dict[str, list[float]] = {}
     latencies: list[float] = []
     progress = Progress(len(questions), "questions", "question", enabled=show_progress)
     for q in questions:
@@ -106,8 +124,13 @@ def evaluate(
         answerable += 1
         top = result.answers[0] if result.answers else None
         prediction = top.text if top else ""
+        empty += top is None
         em += exact_match(prediction, gold)
-        f1 += f1_score(prediction, gold)
+        f = f1_score(prediction, gold)
+        f1 += f
+        kind = by_kind.setdefault("why" if is_why(q["question"]) else "other", [0, 0.0])
+        kind[0] += 1
+        kind[1] += f
         if top is not None:
             sentence = normalize_answer(top.sentence)
             sentence_ok += any(normalize_answer(g) in sentence for g in gold)
@@ -120,9 +143,12 @@ def evaluate(
     metrics["mrr"] = round(rr / n, 4) if n else 0.0
     metrics["em"] = round(em / answerable, 4) if answerable else 0.0
     metrics["f1"] = round(f1 / answerable, 4) if answerable else 0.0
+    metrics["no_answer_rate"] = round(empty / answerable, 4) if answerable else 0.0
     metrics["sentence_accuracy"] = round(sentence_ok / answerable, 4) if answerable else 0.0
+    metrics["f1_by_kind"] = {k: {"n": v[0], "f1": round(v[1] / v[0], 4)} for k, v in by_kind.items()}
     if unanswerable:
         metrics["no_answer_accuracy"] = round(no_answer_ok / unanswerable, 4)
+        metrics["squad2_f1"] = round((f1 + no_answer_ok) / (answerable + unanswerable), 4)
     metrics["latency_ms_p50"] = round(float(np.percentile(latencies, 50)), 2) if latencies else 0.0
     metrics["latency_ms_p95"] = round(float(np.percentile(latencies, 95)), 2) if latencies else 0.0
     return metrics

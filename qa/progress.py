@@ -9,6 +9,14 @@ from typing import TextIO
 from tqdm import tqdm
 
 
+def _duration(seconds: float) -> str:
+    """12.3s, 4m05s, 1h02m: short enough for a log line."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
 class Progress:
     """Counts work done. On a terminal it draws a tqdm bar; elsewhere it writes one line per tenth
     of the work, so a log keeps the progress without a bar's carriage returns."""
@@ -40,7 +48,14 @@ class Progress:
 
     def _line(self) -> None:
         seconds = time.perf_counter() - self._started
-        print(f"{self.desc}: {self.done}/{self.total} {self.unit}s in {seconds:.1f}s", file=self.stream, flush=True)
+        rate = self.done / seconds if seconds > 0 else 0.0
+        left = f", ETA {_duration((self.total - self.done) / rate)}" if rate > 0 and self.done < self.total else ""
+        print(
+            f"{self.desc}: {self.done}/{self.total} {self.unit}s ({self.done / self.total:.0%}) in {_duration(seconds)}, "
+            f"{rate:.1f} {self.unit}s/s{left}",
+            file=self.stream,
+            flush=True,
+        )
 
     def __enter__(self) -> Progress:
         return self

@@ -31,7 +31,17 @@ from pathlib import Path
 from qa.config import Config
 from qa.corpus import SUFFIXES, CorpusError, parse_bytes, read_file
 from qa.embedding import Embedder
-from qa.index import BuildSummary, IndexBusy, IndexVersion, NoIndex, build_index, build_lock, open_index
+from qa.index import (
+    BuildSummary,
+    CorpusMissing,
+    IndexBusy,
+    IndexVersion,
+    NoIndex,
+    TooManyRemovals,
+    build_index,
+    build_lock,
+    open_index,
+)
 from qa.models import Document
 
 PENDING = ".pending"
@@ -47,9 +57,13 @@ class UpdateError(Exception):
         self.status = status
 
 
+#: A background rebuild's phases; refused: a guard stopped it (missing corpus, too many removals).
+REBUILD_PHASES = ("idle", "reading", "embedding", "publishing", "done", "failed", "refused")
+
+
 @dataclass
 class RebuildStatus:
-    phase: str = "idle"  # idle, reading, embedding, publishing, done, failed
+    phase: str = "idle"  # one of REBUILD_PHASES
     done: int = 0
     total: int = 0
     full: bool = False
@@ -247,24 +261,35 @@ class IndexManager:
 
     # Rebuilds in the background.
 
-    def start_rebuild(self, full: bool) -> RebuildStatus:
+    def start_rebuild(self, full: bool, allow_removals: bool = False) -> RebuildStatus:
         with self._guard:
             if self._thread is not None and self._thread.is_alive():
                 raise UpdateError("a rebuild is already running; see GET /api/index/status", 409)
             self.status = RebuildStatus(phase="reading", full=full, started=_now())
-            self._thread = threading.Thread(target=self._rebuild, args=(full,), name="qa-rebuild", daemon=True)
+            self._thread = threading.Thread(target=self._rebuild, args=(full, allow_removals), name="qa-rebuild", daemon=True)
             self._thread.start()
             return self.status
 
-    def _rebuild(self, full: bool) -> None:
+    def _rebuild(self, full: bool, allow_removals: bool) -> None:
         def progress(phase: str, done: int, total: int) -> None:
             if phase != "done":
                 self.status.phase, self.status.done, self.status.total = phase, done, total
 
         try:
-            summary = build_index(self.config, self.embedder, rebuild=full, wait=BUILD_WAIT_SECONDS, progress=progress)
+            summary = build_index(
+                self.config,
+                self.embedder,
+                rebuild=full,
+                wait=BUILD_WAIT_SECONDS,
+                progress=progress,
+                show_progress=True,  # a line per tenth of the work in the server's log
+                allow_removals=allow_removals,
+            )
             self.status.summary = summary.to_dict()
             self.status.phase = "done"
+        except (CorpusMissing, TooManyRemovals) as exc:  # the guards: nothing was published
+            self.status.error = str(exc)
+            self.status.phase = "refused"
         except Exception as exc:  # reported through the status endpoint
             self.status.error = f"{type(exc).__name__}: {exc}"
             self.status.phase = "failed"

@@ -17,6 +17,15 @@ SAMPLE = ROOT / "corpus" / "ibm-inspur-partnership.txt"
 IBM_QUESTION = "Why did IBM partner with Inspur?"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def milvus_logs_stay_in_the_test_folder(tmp_path_factory) -> None:
+    """Milvus Lite's engine logs through glog, to $TMPDIR or /tmp, a few files per engine started:
+    a test run's go to its own temporary folder (`make test` also gives the run a TMPDIR of its own)."""
+    import os
+
+    os.environ.setdefault("GLOG_log_dir", str(tmp_path_factory.mktemp("milvus-logs")))
+
+
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
     e = Embedder.from_config(Config.load())

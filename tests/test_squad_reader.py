@@ -79,7 +79,9 @@ def test_windows_hold_their_answers_and_negatives_do_not(data: Path) -> None:
     from qa.embedding import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2"))
-    args = parser().parse_args(["train", "--same-paragraph", "1", "--other-paragraph", "1", "--hard", "1", "--context-tokens", "24"])
+    args = parser().parse_args(
+        ["train", "--out", "unused", "--same-paragraph", "1", "--other-paragraph", "1", "--hard", "1", "--context-tokens", "24"]
+    )
     questions = load_questions(data, "train")
     assert len(questions) == len(QUESTIONS) and not load_questions(data, "calibration")
     examples = build_examples(questions, tokenizer, args, random.Random(1))
@@ -144,7 +146,7 @@ def test_a_teachers_span_logits_land_on_the_students_tokens_and_a_distilled_run_
     from training.squad_reader import teacher_targets
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2"))
-    args = parser().parse_args(["train", "--data", str(data)])
+    args = parser().parse_args(["train", "--data", str(data), "--out", "unused"])
     examples = build_examples(load_questions(data), tokenizer, args, random.Random(0))
     feats = featurize(tokenizer, examples, 192)
     teacher_targets("shipped", tokenizer, examples, feats, 192, torch.device("cpu"))

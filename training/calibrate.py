@@ -185,7 +185,7 @@ def cmd_fit(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from training.train_reader import held_out_questions
+    from training.reader_eval import held_out_questions
 
     paragraphs, questions = held_out_questions(args.set, Path(args.data))
     if args.limit:
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fit")
     f.add_argument("--data", default=str(DATA))
-    f.add_argument("--out", default=str(WEIGHTS))
+    f.add_argument("--out", required=True, help="the reader folder whose calibration is fitted (qa/reader_weights: the shipped one)")
     f.add_argument("--mode", choices=("open", "gold"), default="open")
     f.add_argument("--limit", type=int, default=0)
     f.add_argument("--label", choices=("em", "f1"), default=LABEL, help="what the score is fitted to (fit_rows)")

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from qa.config import BUNDLED_MODEL, Config
-from qa.embedding import ENCODER_FILE, RETRIEVER_WEIGHTS
+from qa.embedding import ENCODER_FILE
 from training.checkpoints import Checkpoint, Progress, linear_schedule, optimizer_step
 from training.retrieval import answer_start, load_fold
 from training.squad_reader import DATA, SEED, device_for, native_bf16
@@ -291,7 +291,7 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("prepare")
     t = sub.add_parser("train")
-    t.add_argument("--out", default=str(RETRIEVER_WEIGHTS), help="where the layers go (the shipped ones by default)")
+    t.add_argument("--out", required=True, help="where the layers go (qa/retriever_weights replaces the shipped ones)")
     t.add_argument("--folder", default="", help="also write a whole model folder here (for QA_MODEL)")
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--max-steps", type=int, default=0, help="stop the schedule here (a part of an epoch)")

@@ -378,7 +378,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=12000, help="training questions (all news ones, then SQuAD); 0: all")
     p.add_argument("--pool", type=int, default=20, help="mined negatives kept per question")
     t = sub.add_parser("train")
-    t.add_argument("--out", default=str(WEIGHTS))
+    t.add_argument("--out", required=True, help="where the weights go (qa/reranker_weights replaces the shipped ones)")
     start_help = "a span reader's weights (its layers), or a reranker's to continue ('' for the bundled model)"
     t.add_argument("--init", default=str(READER_WEIGHTS), help=start_help)
     t.add_argument("--limit", type=int, default=0, help="train on the first N prepared questions")

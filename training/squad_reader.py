@@ -11,7 +11,7 @@ Data (../shared/data, never committed):
 - the CALIBRATION fold (squad11_train articles with md5(title) % 40 == 0) is never trained on: the
   score's calibration is fitted there (`python -m training.calibrate`);
 - all 13 articles of `squad11_dev13` and the RealTimeQA held-out split are never seen: figures are
-  measured there (`python -m training.train_reader eval --set squad13`).
+  measured there (`python -m training.reader_eval --set squad13`).
 
 Windows are what the service reads: the question and about `--context-tokens` tokens of contiguous
 sentences around the answer (the service reads the question's best sentences, 96 tokens by default),
@@ -42,7 +42,7 @@ import numpy as np
 
 from qa.config import BUNDLED_MODEL
 from qa.metrics import read_jsonl
-from qa.readers.span import META_FILE, TOP_FILE, WEIGHTS
+from qa.readers.span import META_FILE, TOP_FILE
 from training.checkpoints import Checkpoint, Progress, linear_schedule, optimizer_step
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -545,7 +545,7 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("--data", default=str(DATA))
-    t.add_argument("--out", default=str(WEIGHTS))
+    t.add_argument("--out", required=True, help="where the weights go (qa/reader_weights replaces the shipped ones)")
     t.add_argument("--checkpoints", default=str(CHECKPOINTS), help="where the resumable state goes")
     t.add_argument("--checkpoint-every", type=int, default=200, help="steps")
     t.add_argument("--epochs", type=int, default=1)

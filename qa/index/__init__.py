@@ -5,11 +5,12 @@
 - `build`: building the next version and publishing it.
 """
 
-from qa.index.build import BuildSummary, ProgressFn, build_index, build_lock, writing
+from qa.index.build import BuildSummary, ProgressFn, build_index, build_lock, require_corpus, writing
 from qa.index.vectors import VectorIndex
 from qa.index.version import (
-    Candidates,
     FORMAT_VERSION,
+    Candidates,
+    CorpusMissing,
     IndexBusy,
     IndexDamaged,
     IndexMismatch,
@@ -17,6 +18,7 @@ from qa.index.version import (
     IndexVersion,
     Manifest,
     NoIndex,
+    TooManyRemovals,
     current_version,
     open_index,
     published_version,
@@ -27,6 +29,7 @@ __all__ = [
     "FORMAT_VERSION",
     "BuildSummary",
     "Candidates",
+    "CorpusMissing",
     "IndexBusy",
     "IndexDamaged",
     "IndexMismatch",
@@ -34,6 +37,7 @@ __all__ = [
     "IndexVersion",
     "Manifest",
     "NoIndex",
+    "TooManyRemovals",
     "ProgressFn",
     "VectorIndex",
     "build_index",
@@ -41,6 +45,7 @@ __all__ = [
     "current_version",
     "open_index",
     "published_version",
+    "require_corpus",
     "version_dir",
     "writing",
 ]

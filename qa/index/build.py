@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock, Timeout
 
-from qa.config import Config
+from qa.config import REMOVAL_GUARD_MIN_DOCUMENTS, Config
 from qa.corpus import CorpusReport, Skipped, read_corpus
 from qa.embedding import Embedder, model_version, vector_backend
 from qa.index.vectors import VectorIndex
@@ -32,12 +33,16 @@ from qa.index.version import (
     PASSAGE_VECTORS,
     SENTENCE_VECTORS,
     STORE,
+    CorpusMissing,
     IndexBusy,
+    IndexDamaged,
     IndexMismatch,
     IndexProblem,
     IndexVersion,
     Manifest,
     NoIndex,
+    TooManyRemovals,
+    current_version,
     open_index,
     version_dir,
 )
@@ -138,21 +143,26 @@ def build_index(
     show_progress: bool = False,
     locked: bool = False,
     part: tuple[int, int] | None = None,
+    allow_removals: bool = False,
 ) -> BuildSummary:
     """Brings the index up to date and publishes a new version if anything changed.
 
     With `upserts`/`deletes`, only those documents change (the service's fast path); otherwise the
-    whole corpus folder is read and compared by content hash. `locked`: the caller already holds
-    the build lock (`writing`), to make more than the build one step.
+    whole corpus folder is read and compared by content hash. A corpus folder that is missing is
+    refused (`CorpusMissing`), and so is a read that would remove more than `max_remove_fraction`
+    of the published documents (`TooManyRemovals`) unless `allow_removals`. `locked`: the caller
+    already holds the build lock (`writing`), to make more than the build one step.
     """
     started = time.perf_counter()
     report = lambda phase, done=0, total=0: progress and progress(phase, done, total)  # noqa: E731
     if part is not None and not config.milvus_uri:
         raise IndexProblem("a build in parts needs the index on Milvus (QA_MILVUS_URI): the files index has one builder")
+    if upserts is None and deletes is None:
+        require_corpus(config.corpus)
     lock = None if locked else build_lock(config, wait)
     try:
         if config.milvus_uri:
-            summary = _build_milvus(config, embedder, rebuild, upserts, deletes, report, show_progress, part)
+            summary = _build_milvus(config, embedder, rebuild, upserts, deletes, report, show_progress, part, allow_removals)
             summary.seconds = time.perf_counter() - started
             report("done", 1, 1)
             return summary
@@ -166,7 +176,9 @@ def build_index(
                 if upserts is not None or deletes is not None:
                     raise  # the corpus folder is the whole truth: only a full read may start over
                 summary.started_over = str(exc).split(":")[0]
-        todo, removed = _changes(config, previous.store.document_hashes() if previous else {}, upserts, deletes, summary)
+        old_hashes = previous.store.document_hashes() if previous else {}
+        live = old_hashes if previous else _published_hashes(config)
+        todo, removed = _changes(config, old_hashes, upserts, deletes, summary, live, allow_removals, show_progress)
         if previous is not None and not todo and not removed:
             counts = previous.store.counts()
             summary.documents, summary.passages = counts["documents"], counts["passages"]
@@ -185,13 +197,23 @@ def build_index(
 
 
 def _changes(
-    config: Config, old_hashes: dict[str, str], upserts: list[Document] | None, deletes: list[str] | None, summary: BuildSummary
+    config: Config,
+    old_hashes: dict[str, str],
+    upserts: list[Document] | None,
+    deletes: list[str] | None,
+    summary: BuildSummary,
+    live: dict[str, str],
+    allow_removals: bool,
+    show_progress: bool = False,
 ) -> tuple[list[Document], list[str]]:
-    """(documents to embed, document ids to drop), compared by content hash; counts go to `summary`."""
+    """(documents to embed, document ids to drop), compared by content hash; counts go to `summary`.
+    `live`: the published documents (`old_hashes`, or on a rebuild what readers see until it publishes)."""
     if upserts is None and deletes is None:
-        corpus: CorpusReport = read_corpus(config.corpus)
+        corpus: CorpusReport = read_corpus(config.corpus, show_progress)
         summary.skipped = corpus.skipped
         wanted = {d.id: d for d in corpus.documents}
+        if not allow_removals:
+            guard_removals(config, [i for i in live if i not in wanted], len(live))
         removed = [i for i in old_hashes if i not in wanted]
     else:
         wanted = {d.id: d for d in upserts or []}
@@ -204,6 +226,48 @@ def _changes(
     return todo, removed
 
 
+def require_corpus(folder: Path) -> None:
+    """Refuses a corpus folder that does not exist, is not a folder or cannot be listed: read as
+    empty, it would remove every published document."""
+    if not folder.exists():
+        raise CorpusMissing(f"the corpus folder {folder} does not exist: check --corpus / QA_CORPUS (nothing was indexed)")
+    if not folder.is_dir():
+        raise CorpusMissing(f"the corpus {folder} is not a folder: check --corpus / QA_CORPUS (nothing was indexed)")
+    try:
+        with os.scandir(folder) as entries:
+            next(entries, None)
+    except OSError as exc:
+        raise CorpusMissing(f"the corpus folder {folder} cannot be read ({exc.strerror or exc}): nothing was indexed") from exc
+
+
+def guard_removals(config: Config, removing: list[str], published: int) -> None:
+    """Refuses a build of the corpus folder that would remove more than `max_remove_fraction` of
+    the `published` documents: a folder emptied or half-mounted by mistake must not reach readers."""
+    if published < REMOVAL_GUARD_MIN_DOCUMENTS or len(removing) <= config.max_remove_fraction * published:
+        return
+    shown = ", ".join(sorted(removing)[:5]) + (", ..." if len(removing) > 5 else "")
+    raise TooManyRemovals(
+        f"refusing to remove {len(removing)} of the {published} indexed documents ({len(removing) / published:.0%}, "
+        f"more than QA_MAX_REMOVE_FRACTION={config.max_remove_fraction:g}) because they are no longer in {config.corpus} "
+        f"({shown}). If that is meant, run `qa index --allow-removals`; otherwise check --corpus / QA_CORPUS. Nothing was published."
+    )
+
+
+def _published_hashes(config: Config) -> dict[str, str]:
+    """The documents readers see now, whatever model built them (a rebuild's removal guard compares with them)."""
+    try:
+        version = current_version(config.index)
+        if version is None:
+            return {}
+        store = Store(version_dir(config.index, version) / STORE, readonly=True)
+    except (IndexDamaged, OSError, sqlite3.DatabaseError):
+        return {}
+    try:
+        return store.document_hashes()
+    finally:
+        store.close()
+
+
 def _build_milvus(
     config: Config,
     embedder: Embedder,
@@ -213,6 +277,7 @@ def _build_milvus(
     report: Callable,
     show_progress: bool,
     part: tuple[int, int] | None,
+    allow_removals: bool,
 ) -> BuildSummary:
     """The same build on Milvus (qa/index/milvus.py): rows of the next version, then one publish.
     With `part`, only this worker's share of the documents, and the last part in publishes."""
@@ -221,7 +286,7 @@ def _build_milvus(
     report("reading")
     summary = BuildSummary()
     build = MilvusBuild(config, embedder, rebuild, part)
-    todo, removed = _changes(config, build.old_hashes, upserts, deletes, summary)
+    todo, removed = _changes(config, build.old_hashes, upserts, deletes, summary, build.live_hashes, allow_removals, show_progress)
     drop = list(build.live_hashes) if rebuild else removed + [d.id for d in todo if d.id in build.old_hashes]
     todo, drop = [d for d in todo if build.mine(d.id)], [i for i in drop if build.mine(i)]
     if part is None and build.previous and not todo and not drop:

@@ -54,6 +54,16 @@ class IndexBusy(IndexProblem):
     pass
 
 
+class CorpusMissing(IndexProblem):
+    """The corpus folder does not exist, is not a folder or cannot be read: indexing it would
+    publish an empty index (a typo, or a volume not mounted), so nothing is built."""
+
+
+class TooManyRemovals(IndexProblem):
+    """A build would remove more than `QA_MAX_REMOVE_FRACTION` of the published documents; the
+    operator confirms with `--allow-removals` (as rsync's `--max-delete`)."""
+
+
 @dataclass
 class Candidates:
     """(passage id, score) rankings, best first: dense passage cosine, best sentence cosine, BM25."""

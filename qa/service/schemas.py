@@ -63,6 +63,9 @@ ARTICLE_BODY = {
 
 class RebuildRequest(BaseModel):
     full: bool = Field(False, description="Start over instead of updating")
+    allow_removals: bool = Field(
+        False, description="Remove documents gone from the corpus folder even when they are more than QA_MAX_REMOVE_FRACTION of the index"
+    )
 
 
 class Health(BaseModel):
@@ -114,7 +117,10 @@ class Deleted(BaseModel):
 
 
 class IndexStatus(BaseModel):
-    phase: str = Field(description="idle, reading, embedding, publishing, done or failed")
+    phase: str = Field(
+        description="idle, reading, embedding, publishing, done, failed, or refused: the corpus folder is missing, or the build "
+        "would remove more than QA_MAX_REMOVE_FRACTION of the documents (`error` says which; nothing was published)"
+    )
     done: int
     total: int
     full: bool

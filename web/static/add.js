@@ -41,7 +41,7 @@
     $("phase").textContent = status.phase + (status.total ? " " + status.done + "/" + status.total : "")
       + (status.error ? ": " + status.error : "");
     $("progress").value = status.phase === "done" ? 1 : status.total ? status.done / status.total : 0;
-    if (!["idle", "done", "failed"].includes(status.phase)) setTimeout(poll, 500);
+    if (!["idle", "done", "failed", "refused"].includes(status.phase)) setTimeout(poll, 500);
   }
 
   $("rebuild").addEventListener("click", async () => {

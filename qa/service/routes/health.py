@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from qa.index import IndexProblem
 from qa.service.deps import ManagerDep, PipelineDep
 from qa.service.schemas import Liveness, Readiness
+from qa.updates import REBUILD_PHASES
 
 router = APIRouter(tags=["operations"])
 
@@ -44,6 +45,6 @@ def metrics(request: Request, pipeline: PipelineDep, manager: ManagerDep) -> Res
     status = manager.status
     m.build_done.set(status.done)
     m.build_total.set(status.total)
-    for phase in ("idle", "reading", "embedding", "publishing", "done", "failed"):
+    for phase in REBUILD_PHASES:
         m.build_phase.labels(phase).set(1.0 if status.phase == phase else 0.0)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

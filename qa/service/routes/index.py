@@ -29,7 +29,7 @@ def health(config: ConfigDep, pipeline: PipelineDep) -> Health:
     summary="Start a background rebuild (incremental, or full)",
 )
 def rebuild(manager: ManagerDep, request: RebuildRequest | None = None) -> IndexStatus:
-    manager.start_rebuild(full=bool(request and request.full))
+    manager.start_rebuild(full=bool(request and request.full), allow_removals=bool(request and request.allow_removals))
     return IndexStatus(**manager.status_dict())
 
 
