@@ -69,9 +69,9 @@ test-latest: browser
 	$(LATEST_VENV)/bin/python -m tests.lockfile $(LOCK); \
 	echo "test-latest: the suite $$( [ $$rc = 0 ] && echo passed || echo FAILED ) on the versions above"; exit $$rc
 
-# Rewrites the README's settings table from qa/config.py (a test fails when it is stale).
+# Rewrites docs/settings.md and the README's table of user settings from qa/config.py (a test fails when they are stale).
 settings: setup
-	$(PY) -m qa.config README.md
+	$(PY) -m qa.config README.md docs/settings.md
 
 # The reliability tests with more trials: 20 killed builds, 5 killed uploads, longer load, 40 rounds of racing writers.
 stress: setup

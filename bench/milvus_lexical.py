@@ -1,6 +1,6 @@
 """Lexical search on Milvus Lite: Milvus's BM25 function (with and without the files engine's stop
-words) against the project's BM25 as sparse weights (what qa/index/milvus.py stores), each
-against the files engine's BM25 (qa/lexical.py) over the same passages.
+words) against the project's BM25 as sparse weights (what qa/index/milvus/ stores), each
+against the files engine's BM25 (qa/index/lexical.py) over the same passages.
 
     .venv/bin/python bench/milvus_lexical.py --store INDEX/v000001/store.sqlite --db /tmp/lexical.db
 
@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.corpora import questions  # noqa: E402
 from bench.run import pct  # noqa: E402
-from qa.index.milvus import term_id  # noqa: E402
-from qa.lexical import STOP_WORDS, Analyzer, LexicalIndex, document_weights, idf  # noqa: E402
+from qa.index.lexical import STOP_WORDS, Analyzer, LexicalIndex, document_weights, idf  # noqa: E402
+from qa.index.milvus.schema import term_id  # noqa: E402
 
 STANDARD = {"tokenizer": "standard", "filter": ["lowercase", {"type": "stemmer", "language": "english"}]}
 STOPPED = {

@@ -169,8 +169,8 @@ def ann_recall(cfg: Config, embedder, qs: list[str], efs=(64, 128, 256, 512)) ->
     """recall@20 of the HNSW path against exact search, on this index's real vectors."""
     import faiss
 
-    from qa.index import VectorIndex, open_index
-    from qa.index.vectors import all_vectors
+    from qa.index import open_index
+    from qa.index.vectors import VectorIndex, all_vectors
 
     index = open_index(cfg)
     q = embedder.embed_questions(qs)

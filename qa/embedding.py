@@ -2,26 +2,23 @@
 
 Two backends run the same weights: "torch" (sentence-transformers as shipped) and "onnx" (the
 transformer exported once to ONNX and run by ONNX Runtime, several times faster on a CPU);
-"onnx-int8" adds dynamic int8 quantisation of the weights. The exported files are cached under
-`Config.cache`, keyed by the model's files, so export happens once per machine, offline.
+"onnx-int8" adds dynamic int8 quantisation of the weights. The export, its cache under
+`Config.cache` and the sessions are `qa.encoders`'; this module is what the model is (its name,
+its version) and how text becomes vectors.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
-import re
-import shutil
-import warnings
-from collections.abc import Callable
-from functools import cache, cached_property
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from qa.config import BACKENDS, BUNDLED_MODEL, DEFAULT_MODEL, Config, default_cache
+from qa.encoders import content_hash, exported_model, onnx_session, overlaid_model
 
 # Never reach for a model hub unless the user asked for it explicitly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,7 +26,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 _BUNDLED_NAMES = {BUNDLED_MODEL, f"sentence-transformers/{BUNDLED_MODEL}"}
-_ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 Span = tuple[int, int]
 
@@ -56,6 +52,16 @@ def vector_backend(backend: str) -> str:
 
 
 class Embedder:
+    """Text to unit-length vectors, and the token counting that cuts text to the model's length.
+
+    Questions and passages must go through the same weights and vectors: an index records the
+    `model_version` and `vector_backend` it was built with and asks for a rebuild when the
+    Embedder that opens it differs. The model loads on first use, unlocked: load `model` (and
+    `question_model`) before sharing an Embedder between threads, as the service does. The
+    tokenizers it holds are never re-configured once made: copy one before changing its truncation
+    or padding (as `embed_with_spans` does), so that threads can embed at once.
+    """
+
     def __init__(self, model: str, backend: str, cache: Path, batch_size: int = 64, question_encoder: str = "model") -> None:
         self.name = model
         self.batch_size = batch_size
@@ -206,47 +212,7 @@ def model_version(name: str) -> str:
     else:
         folder = Path(resolve_model(name))
         files = sorted(p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin")) if folder.is_dir() else []
-    return _content_hash(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)) if files else ""
-
-
-@cache
-def _content_hash(files: tuple[tuple[str, int, int], ...]) -> str:
-    """sha256 of the files' bytes, once a process for each (path, size, mtime)."""
-    digest = hashlib.sha256()
-    for path, _, _ in files:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def overlaid_model(base: Path, layers: Path, parent: Path) -> Path:
-    """A model folder under `parent`, assembled once per machine: the `base` model's files with its
-    weights overlaid by the trained `layers` (which ship alone, in fp16)."""
-    from filelock import FileLock
-
-    target = parent / f"{base.name}-{files_key(base, layers)}"
-    if (target / "model.safetensors").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target.parent / ".lock")):
-        if (target / "model.safetensors").exists():
-            return target
-        from safetensors.numpy import load_file, save_file
-
-        tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(base, tmp, ignore=shutil.ignore_patterns("model.safetensors", "pytorch_model.bin", "onnx", "*.onnx"))
-        state = load_file(str(base / "model.safetensors"))
-        trained = load_file(str(layers))
-        unknown = sorted(set(trained) - set(state))
-        if unknown:
-            raise ValueError(f"{layers}: weights the model does not have, e.g. {unknown[:3]}")
-        state.update({k: v.astype(state[k].dtype) for k, v in trained.items()})
-        save_file(state, str(tmp / "model.safetensors"))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    return target
+    return content_hash(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)) if files else ""
 
 
 def pool_spans(hidden: np.ndarray, offsets: list[Span], spans: list[Span]) -> np.ndarray:
@@ -314,103 +280,3 @@ class _OnnxModel:
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
             out[rows] = vectors
         return out if spans is None else (out, span_vectors)
-
-
-def exported_model(folder: Path, cache: Path, quantize: bool) -> Path:
-    """The ONNX file for a model folder, exported (and quantised) on first use under `cache`."""
-    return cached_onnx(cache / "onnx" / f"{folder.name}-{files_key(folder)}", quantize, lambda out: _export(folder, out))
-
-
-def files_key(*paths: Path) -> str:
-    """A key that changes when any of these files (or the files in these folders) changes."""
-    key = hashlib.sha256()
-    for path in paths:
-        for p in sorted(path.iterdir()) if path.is_dir() else [path]:
-            if p.is_file():
-                st = p.stat()
-                key.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return key.hexdigest()[:16]
-
-
-def cached_onnx(target: Path, quantize: bool, export: Callable[[Path], None], keep_float: str = "") -> Path:
-    """`target`/model.onnx, made by `export` on first use, and with `quantize` its dynamic int8 twin.
-
-    `keep_float`, a regular expression, names the MatMul nodes the int8 twin leaves in fp32 (where
-    int8 rounding of outlying activations costs accuracy); it is part of the twin's file name.
-    A lock and atomic renames keep concurrent processes from seeing half-written files, so export
-    happens once per machine (and offline: it only reads local weights).
-    """
-    from filelock import FileLock
-
-    tag = f"-{hashlib.sha256(keep_float.encode()).hexdigest()[:8]}" if keep_float else ""
-    fp32, int8 = target / "model.onnx", target / f"model-int8{tag}.onnx"
-    wanted = int8 if quantize else fp32
-    if wanted.exists():
-        return wanted
-    target.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target / ".lock")):
-        if not fp32.exists():
-            tmp = fp32.with_suffix(f".tmp{os.getpid()}")
-            export(tmp)
-            os.replace(tmp, fp32)
-        if quantize and not int8.exists():
-            import onnx
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            graph = onnx.load(str(fp32), load_external_data=False).graph
-            floats = [n.name for n in graph.node if keep_float and n.op_type == "MatMul" and re.search(keep_float, n.name)]
-            tmp = int8.with_suffix(f".tmp{os.getpid()}")
-            quantize_dynamic(
-                fp32, tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"], nodes_to_exclude=floats
-            )
-            os.replace(tmp, int8)
-    return wanted
-
-
-def onnx_session(path: Path):
-    """An ONNX Runtime session on all cores whose idle threads sleep instead of spinning: a
-    question's model run is followed by FAISS and SQLite work, which spinning threads would starve."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, os.cpu_count() or 1)
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _export(folder: Path, out: Path) -> None:
-    """Exports the transformer (token ids in, token states out) with torch's ONNX exporter."""
-    import torch
-    from transformers import AutoModel
-
-    class Transformer(torch.nn.Module):
-        def __init__(self, model) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
-
-    export_onnx(Transformer(AutoModel.from_pretrained(str(folder)).eval()), out, ["last_hidden_state"])
-
-
-def export_onnx(module, out: Path, outputs: list[str]) -> None:
-    """Traces a BERT-style module (ids, mask, token types in) to ONNX with dynamic batch and length."""
-    import torch
-
-    example = tuple(torch.ones(2, 8, dtype=torch.long) for _ in _ONNX_INPUTS)
-    axes = {name: {0: "batch", 1: "tokens"} for name in (*_ONNX_INPUTS, *outputs)}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on shapes: the axes are declared dynamic
-        torch.onnx.export(
-            module.eval(),
-            example,
-            str(out),
-            input_names=list(_ONNX_INPUTS),
-            output_names=outputs,
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from qa.config import Config
-from qa.embedding import Embedder, files_key, resolve_model, vector_backend
+from qa.embedding import Embedder, resolve_model, vector_backend
+from qa.encoders import files_key
 from qa.index import IndexMismatch, build_index
 from qa.metrics import exact_match, f1_score, normalize_answer, read_jsonl
 from qa.models import Document, Filters

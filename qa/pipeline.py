@@ -11,7 +11,7 @@ import time
 
 from qa.config import Config
 from qa.embedding import Embedder
-from qa.index import IndexVersion, open_index, published_version
+from qa.index import Index, open_index, published_version
 from qa.models import Answer, AskResult, Filters, PassageHit
 from qa.readers import Reader, make_reader
 from qa.reranker import Reranker
@@ -25,10 +25,10 @@ class Pipeline:
         self.retriever = Retriever(config)
         self.reader = reader or make_reader(config)
         self.reranker = Reranker(config)
-        self._index: IndexVersion | None = None
+        self._index: Index | None = None
         self._lock = threading.Lock()
 
-    def index(self) -> IndexVersion:
+    def index(self) -> Index:
         """The current published version, reloaded when a newer one is published."""
         latest = published_version(self.config)
         loaded = self._index

@@ -25,15 +25,15 @@ import numpy as np
 
 from qa.config import Config
 from qa.embedding import resolve_model
+from qa.encoders import TOKENIZING, cached_onnx, export_onnx, files_key, onnx_session, trained_model
+from qa.index.base import PassageRow, SentenceRow
 from qa.readers.base import question_stems, stem
 from qa.retriever import Hit
-from qa.store import PassageRow, SentenceRow
 
 WEIGHTS = Path(__file__).resolve().parent / "reranker_weights"
 META_FILE = "reranker.json"
 WEIGHTS_FILE = "reranker.safetensors"
 log = logging.getLogger(__name__)
-_TOKENIZING = threading.Lock()  # the fast tokenizer's settings are shared state (see qa.readers.span)
 
 
 def trained_state(model) -> dict:
@@ -43,28 +43,23 @@ def trained_state(model) -> dict:
 
 def load_reranker(path: Path = WEIGHTS):
     """(model, tokenizer, max_len): the shipped layers on the bundled model, in eval mode."""
-    from safetensors.torch import load_file
     from transformers import AutoTokenizer, BertForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
     meta = json.loads((path / META_FILE).read_text())
     base = resolve_model(meta["base_model"])
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the bundled model has no score head: that is expected
-    try:
-        model = BertForSequenceClassification.from_pretrained(base, num_labels=1)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    trained = {k: v.float() for k, v in load_file(str(path / WEIGHTS_FILE)).items()}
-    unknown = sorted(set(trained) - set(model.state_dict()))
-    if unknown:
-        raise ValueError(f"{path / WEIGHTS_FILE}: weights the model does not have, e.g. {unknown[:3]}")
-    model.load_state_dict(trained, strict=False)
-    model.eval()
+    model = trained_model(base, path / WEIGHTS_FILE, BertForSequenceClassification, num_labels=1)
     return model, AutoTokenizer.from_pretrained(base), int(meta["max_len"])
 
 
 class Reranker:
+    """Re-orders the fused candidates by a cross-encoder that reads the question with each passage.
+
+    One reranker serves all the service's threads and keeps no state of a question. The model, and
+    its ONNX export the first time, load on first use (`warm` pays for that before questions do);
+    the torch fallback runs one batch at a time, ONNX Runtime runs threads at once, and the
+    tokenizer is called under `qa.encoders.TOKENIZING`.
+    """
+
     def __init__(self, config: Config, weights: Path = WEIGHTS) -> None:
         self.config = config
         self.weights = weights
@@ -95,8 +90,6 @@ class Reranker:
     def _onnx(self, model):
         import torch
 
-        from qa.embedding import cached_onnx, export_onnx, files_key, onnx_session
-
         class Scores(torch.nn.Module):
             def __init__(self, model) -> None:
                 super().__init__()
@@ -120,7 +113,7 @@ class Reranker:
         if not texts:
             return np.zeros(0, dtype=np.float32)
         _, tokenizer, max_len = self._loaded
-        with _TOKENIZING:
+        with TOKENIZING:
             enc = tokenizer(
                 [question] * len(texts), texts, truncation="only_second", max_length=max_len, padding="longest", return_tensors="np"
             )
@@ -137,7 +130,7 @@ class Reranker:
         _, tokenizer, _ = self._loaded
         parts = [[r.text[s.start : s.end] for s in sentences.get(r.id, [])] for r in rows]
         flat = [t for p in parts for t in p]
-        with _TOKENIZING:
+        with TOKENIZING:
             lengths = iter([len(ids) for ids in tokenizer(flat, add_special_tokens=False)["input_ids"]] if flat else [])
         q = question_stems(question)
         out = []

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qa.config import Config
-from qa.index import IndexVersion
+from qa.index import Index
 from qa.models import Filters
 
 
@@ -31,7 +31,7 @@ class Retriever:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def retrieve(self, index: IndexVersion, question_vector: np.ndarray, question: str, top_k: int, filters: Filters | None) -> list[Hit]:
+    def retrieve(self, index: Index, question_vector: np.ndarray, question: str, top_k: int, filters: Filters | None) -> list[Hit]:
         cfg = self.config
         n = max(cfg.candidates, top_k)
         found = index.candidates(question_vector, question, n, filters)

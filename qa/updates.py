@@ -34,8 +34,8 @@ from qa.embedding import Embedder
 from qa.index import (
     BuildSummary,
     CorpusMissing,
+    Index,
     IndexBusy,
-    IndexVersion,
     NoIndex,
     TooManyRemovals,
     build_index,
@@ -223,7 +223,7 @@ class IndexManager:
         if not leftovers:
             return
         try:
-            index: IndexVersion | None = open_index(self.config)
+            index: Index | None = open_index(self.config)
         except NoIndex:
             index = None
         try:

@@ -6,7 +6,8 @@ import pytest
 
 from qa.config import Config
 from qa.embedding import Embedder, vector_backend
-from qa.index import IndexMismatch, VectorIndex, build_index, open_index
+from qa.index import IndexMismatch, build_index, open_index
+from qa.index.vectors import VectorIndex
 from tests.conftest import write_article
 
 TEXTS = [

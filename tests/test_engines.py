@@ -126,7 +126,7 @@ def test_a_build_that_dies_leaves_the_previous_version_answering(engine: Config,
 
 
 def test_parts_written_one_after_the_other_make_the_same_index_as_one_worker(sample_config: Config, tmp_path, embedder) -> None:
-    from qa.index.milvus import Milvus
+    from qa.index.milvus.schema import Milvus
 
     towns = ("Harlow", "Pelham", "Quillport", "Ostwick", "Brantmoor", "Caddesby")
     for i, town in enumerate(towns):
@@ -217,11 +217,11 @@ def test_milvus_bm25_is_the_files_engines_and_its_term_counts_follow_changes(sam
 
 
 def test_milvus_collections_made_with_another_layout_ask_for_a_new_prefix(sample_config: Config, tmp_path, embedder, monkeypatch) -> None:
-    from qa.index import milvus
+    from qa.index.milvus import schema
 
     cfg = sample_config.replace(milvus_uri=str(tmp_path / "milvus.db"))
     with monkeypatch.context() as m:  # collections as an earlier release made them
-        m.setattr(milvus, "SCHEMA", milvus.SCHEMA - 1)
+        m.setattr(schema, "SCHEMA", schema.SCHEMA - 1)
         build_index(cfg, embedder)
     with pytest.raises(IndexProblem, match="have layout .*QA_MILVUS_PREFIX"):
         open_index(cfg)
@@ -245,9 +245,10 @@ def test_a_passage_without_terms_is_indexed_and_removed(engine: Config, embedder
 def test_milvus_reads_by_search_and_by_key_agree_with_the_files(sample_config: Config, tmp_path, embedder, monkeypatch, probe) -> None:
     """Milvus Lite reads passages and sentences through filtered searches, a server by primary key
     (SENTENCE_PROBE 1 makes every passage take the scanning fallback)."""
-    from qa.index import milvus
+    from qa.index.milvus import read as milvus_read
+    from qa.index.milvus.schema import Milvus
 
-    monkeypatch.setattr(milvus, "SENTENCE_PROBE", probe)
+    monkeypatch.setattr(milvus_read, "SENTENCE_PROBE", probe)
     cfg = sample_config.replace(milvus_uri=str(tmp_path / "milvus.db"))
     build_index(sample_config, embedder)
     build_index(cfg, embedder)
@@ -267,6 +268,6 @@ def test_milvus_reads_by_search_and_by_key_agree_with_the_files(sample_config: C
         }
 
     by_search = read(cfg)
-    monkeypatch.setattr(milvus.Milvus, "lite", property(lambda self: False))
+    monkeypatch.setattr(Milvus, "lite", property(lambda self: False))
     assert read(cfg) == by_search == read(sample_config)
     assert sum(len(v[-1]) for v in by_search.values()) > len(by_search)  # passages of several sentences

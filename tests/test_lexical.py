@@ -1,4 +1,4 @@
-"""BM25 (qa/lexical.py): what it finds, and that a delta of changes scores like a fresh index."""
+"""BM25 (qa/index/lexical.py): what it finds, and that a delta of changes scores like a fresh index."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qa.index import build_index, open_index
-from qa.lexical import LexicalIndex
+from qa.index.lexical import LexicalIndex
 from tests.conftest import write_article
 
 PASSAGES = [

@@ -1,85 +1,17 @@
-"""The cross-encoder reranker: its mined training data, a run that resumes to the same weights as an
-unbroken one, and the shipped model re-ordering the service's passages."""
+"""The cross-encoder reranker (qa/reranker.py): the shipped model preferring the passage that answers,
+reading each passage's best sentences, and re-ordering the service's passages (its training:
+tests/training/test_reranker_training.py)."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from qa.config import Config
+from qa.passages import sentence_spans
 from qa.pipeline import Pipeline
 from qa.reranker import META_FILE, WEIGHTS, WEIGHTS_FILE, Reranker
-from tests.test_retrieval_training import NEWS, data  # noqa: F401 - the fixture, shared
-from tests.test_squad_reader import ARTICLES, QUESTIONS
-from training.reranker import main
-from training.retrieval import load_fold
-
-
-def test_mined_examples_resume_and_shipping(data: Path, tmp_path: Path) -> None:  # noqa: F811
-    import torch
-    from safetensors.torch import load_file
-
-    work, targets = tmp_path / "work", tmp_path / "targets"
-    main(["--data", str(data), "--work", str(work), "--targets", str(targets), "prepare", "--limit", "0", "--pool", "3"])
-    mined = json.loads((work / "examples.json").read_text())
-    texts, examples = mined["texts"], mined["examples"]
-    paragraphs, _ = load_fold(data, "train")
-    assert sorted(texts) == sorted(p["context"] for p in paragraphs)  # one passage per short paragraph
-    answers = {q: a for *_, q, a in QUESTIONS} | {q: a for _, _, q, a in NEWS}
-    assert len(examples) == len(QUESTIONS) + 1  # the SQuAD questions and the oldest news question
-    for ex in examples:
-        assert answers[ex["question"]] in texts[ex["positive"]]
-        assert len(ex["negatives"]) == 3 and ex["positive"] not in ex["negatives"]
-        assert all(answers[ex["question"]] not in texts[n] for n in ex["negatives"])
-
-    def train(out: Path, *extra: str) -> None:
-        args = ["--epochs", "2", "--batch", "2", "--negatives", "2", "--pool", "3", "--max-len", "64"]
-        args += ["--threads", "1", "--precision", "fp32", "--checkpoint-every", "1", *extra]
-        main(["--data", str(data), "--work", str(work), "train", "--out", str(out), *args])
-
-    train(tmp_path / "w1")  # unbroken: 2 epochs of 4 steps
-    for ckpt in work.glob("checkpoint-*.pt"):
-        ckpt.unlink()
-    train(tmp_path / "w2", "--stop-after", "3")
-    assert not (tmp_path / "w2" / WEIGHTS_FILE).exists()
-    train(tmp_path / "w2")  # resumed from step 3
-    one, two = load_file(str(tmp_path / "w1" / WEIGHTS_FILE)), load_file(str(tmp_path / "w2" / WEIGHTS_FILE))
-    assert one.keys() == two.keys() and "classifier.weight" in one
-    assert not any(k.startswith("bert.embeddings.") for k in one)  # the bundled model's, not shipped
-    assert all(torch.equal(one[k], two[k]) for k in one)
-    meta = json.loads((tmp_path / "w1" / META_FILE).read_text())
-    assert meta["train_questions"] == len(examples) and meta["max_len"] == 64
-
-    # Continuing a reranker on the questions after the first two starts from all its weights, head too.
-    train(tmp_path / "w3", "--init", str(tmp_path / "w1"), "--skip", "2", "--epochs", "1", "--lr", "0")
-    three = load_file(str(tmp_path / "w3" / WEIGHTS_FILE))
-    assert all(torch.equal(one[k], three[k]) for k in one)  # learning rate 0: nothing moved from w1
-    continued = json.loads((tmp_path / "w3" / META_FILE).read_text())
-    assert continued["train_questions"] == len(examples) - 2 and continued["init_recipe"] == meta
-
-    # Distillation: a teacher that ranks the first negative above the passage that answers pulls the
-    # student its way; questions the teacher did not score are left out.
-    teacher = work / "teacher.jsonl"
-    teacher.write_text("".join(json.dumps({"i": i, "logits": [0.0, 8.0, -8.0, -8.0]}) + "\n" for i in range(len(examples) - 1)))
-
-    def margins(weights: Path) -> float:
-        """The mean logit of each question's first negative over its passage's."""
-        reranker = Reranker(Config.load(backend="torch"), weights)
-        pairs = [(ex["question"], [texts[ex["negatives"][0]], texts[ex["positive"]]]) for ex in examples]
-        return float(np.mean([np.subtract(*reranker.scores(q, read)) for q, read in pairs]))
-
-    train(tmp_path / "w4", "--init", str(tmp_path / "w1"), "--teacher", str(teacher), "--distill", "1", "--negatives", "3", "--lr", "2e-4")
-    assert json.loads((tmp_path / "w4" / META_FILE).read_text())["train_questions"] == len(examples) - 1
-    assert margins(tmp_path / "w4") > margins(tmp_path / "w1") + 1.0
-
-    # The trained layers load onto the bundled model and score a pair on either backend.
-    for backend in ("torch", "onnx"):
-        config = Config.load(backend=backend, cache=tmp_path / "cache")
-        scores = Reranker(config, tmp_path / "w1").scores("Who leads the survey in Harlow?", [ARTICLES["Kites_of_Harlow"][0], NEWS[2][1]])
-        assert scores.shape == (2,) and np.isfinite(scores).all()
+from tests.training.fixtures import ARTICLES, QUESTIONS
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +39,7 @@ def test_the_onnx_reranker_scores_as_torch_does(shipped: Reranker) -> None:
 
 
 def test_the_reranker_reads_each_passages_sentences_that_match_the_question(shipped: Reranker) -> None:
-    from qa.store import PassageRow, SentenceRow
-    from training.squad_reader import sentence_spans
+    from qa.index.base import PassageRow, SentenceRow
 
     rows, sentences = [], {}
     for k, text in enumerate(t for texts in ARTICLES.values() for t in texts):
@@ -151,7 +82,7 @@ def test_reranking_reorders_the_passages_the_service_returns(sample_index: Confi
 
 
 @pytest.fixture(scope="module")
-def lookalike_index(tmp_path_factory, embedder) -> Config:  # noqa: F811
+def lookalike_index(tmp_path_factory, embedder) -> Config:
     """The look-alike paragraphs of two articles, one passage each."""
     from qa.index import build_index
     from tests.conftest import write_article

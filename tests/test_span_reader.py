@@ -13,12 +13,10 @@ from qa.readers.span import (
     OnnxLogits,
     SpanReader,
     TorchLogits,
-    best_spans,
-    encode,
     load_qa_model,
     member_names,
-    read_spans,
 )
+from qa.readers.span_decoding import best_spans, encode, read_spans
 from tests.conftest import IBM_QUESTION
 
 shipped = pytest.mark.skipif(not (WEIGHTS / "reader.json").exists(), reason="no trained reader in qa/reader_weights")
@@ -279,7 +277,7 @@ def test_threads_tokenize_at_once_without_mixing_settings():
     each call; under load, a question's batch came back unpadded (a 500 in the HTTP benchmark)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from qa.readers.span import token_lengths
+    from qa.readers.span_decoding import token_lengths
 
     _, tokenizer = load_qa_model(None)
     contexts = ["Short context.", "A much longer context about IBM, Inspur and the Power8 chips " * 12]

@@ -1,10 +1,12 @@
 """Fit and check the span reader's score calibration (qa/readers/calibration.py).
 
-    python -m training.calibrate fit [--limit N]                 # writes qa/reader_weights/calibration.json
-    QA_SPAN_CONTEXT_TOKENS=128 python -m training.calibrate fit   # a fit for other settings, beside it
+    python -m training.calibrate fit --out DIR [--limit N]        # writes DIR/calibration.json
+    QA_SPAN_CONTEXT_TOKENS=128 python -m training.calibrate fit --out DIR   # a fit for other settings, beside it
     python -m training.calibrate report [--set squad] [--limit N] [--mode open|gold]
     python -m training.calibrate tune [--limit N] [--margins 0,-1,-2,-4]  # chooses QA_SPAN_NULL_MARGIN, QA_ANSWER_THRESHOLD
 
+`make train-reader` ends with `python -m training.calibrate fit --out qa/reader_weights`, the
+shipped reader's calibration (after `python -m training.squad_reader train --out qa/reader_weights`).
 `fit` asks the calibration fold of `squad11_train` (articles with md5(title) % 40 == 0, never trained
 on) through the service's own path (open mode: retrieval over the fold's paragraphs, then the span
 reader) and fits a logistic regression from each answer's features to whether it is right (SQuAD
@@ -29,9 +31,9 @@ from qa.config import Config
 from qa.metrics import exact_match, f1_score, read_jsonl
 from qa.readers.calibration import FITTED_SETTINGS, Calibration, fit, reliability
 from qa.readers.span import WEIGHTS
-from training.squad_reader import DATA, load_questions, swap_key_term
+from training.common import DATA, SEED
+from training.squad_reader import load_questions, swap_key_term
 
-SEED = 13
 LABEL = "f1"  # what `fit` and `tune` fit the score to, by default (fit_rows)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from qa.config import Config
 from training.calibrate import fold_questions, write_set
-from training.squad_reader import DATA
+from training.common import DATA
 
 GRID = [(c, o, p) for c in (0.35, 0.55, 0.75) for o in (0.1, 0.3, 0.5) for p in (0.0, 0.15, 0.3)]
 

@@ -1,8 +1,11 @@
 """Both sides of the retriever trained: questions and passages go through one fine-tuned encoder.
 
-    python -m training.dual_encoder prepare                 # passages and sentences as the index splits them
-    python -m training.dual_encoder train [--epochs 1]      # resumable; writes the trained layers
+    python -m training.dual_encoder prepare                       # passages and sentences as the index splits them
+    python -m training.dual_encoder train --out DIR [--epochs 1]  # resumable; writes the trained layers to DIR
     QA_MODEL=FOLDER python -m training.retrieval eval --set squad13|rtqa-new   # measured held out
+
+`make train-retriever` makes the shipped layers (`--out qa/retriever_weights`, in two runs: the
+Makefile has the commands); nothing writes over them unless `--out` names them.
 
 Training the question side alone against fixed passage vectors (tried first, docs/evaluation.md)
 learned its own data and carried little to held-out questions. Here the passages move too, so an
@@ -29,12 +32,13 @@ from pathlib import Path
 
 from qa.config import BUNDLED_MODEL, Config
 from qa.embedding import ENCODER_FILE
-from training.checkpoints import Checkpoint, Progress, linear_schedule, optimizer_step
+from training.common import DATA, SEED, Checkpoint, Progress, device_for, linear_schedule, optimizer_step, trained_state, use_bf16
 from training.retrieval import answer_start, load_fold
-from training.squad_reader import DATA, SEED, device_for, native_bf16
 
 WORK = Path(__file__).resolve().parent.parent / ".cache" / "dual-encoder"
 META_FILE = "dual_encoder.json"
+#: What ships and trains: the transformer layers (the token embeddings stay frozen, the bundled model's).
+SHIPS = ("encoder.layer.",)
 
 
 def cmd_prepare(args) -> None:
@@ -42,19 +46,18 @@ def cmd_prepare(args) -> None:
     positive passage and sentences (those holding its answer)."""
     from qa.embedding import Embedder
     from qa.evaluate import paragraphs_as_documents
-    from qa.index.build import _splitter
+    from qa.index.build import split_documents
 
     started = time.time()
     paragraphs, questions = load_fold(Path(args.data), "train")
     config = Config.load()
     embedder = Embedder.from_config(config)
-    splitter = _splitter(config, embedder)
     docs = paragraphs_as_documents(paragraphs)
     group_of = {str(p["id"]): (p.get("title") or "") if not str(p["id"]).startswith("rtqa") else "news" for p in paragraphs}
     passages, of_doc = [], {}
-    for doc in docs:
+    for doc, split in split_documents(config, embedder, docs):  # as every index splits them
         shift = len(doc.title) + 1
-        for p in splitter.split(doc):
+        for p in split:
             of_doc.setdefault(doc.id, []).append(len(passages))
             passages.append(
                 {
@@ -109,11 +112,6 @@ def batches(passages: list[dict], epoch: int, seed: int, per_group: int, groups:
     return [sum(chunks[i : i + groups], []) for i in range(0, len(chunks), groups)]
 
 
-def trained_state(model) -> dict:
-    """What ships: the transformer layers (the token embeddings stay frozen, the bundled model's)."""
-    return {k: v for k, v in model.state_dict().items() if k.startswith("encoder.layer.")}
-
-
 def cmd_train(args) -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -124,7 +122,7 @@ def cmd_train(args) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = device_for(args.device)
-    bf16 = device.type == "cuda" or args.precision == "bf16" or (args.precision == "auto" and native_bf16())
+    bf16 = use_bf16(device, args.precision)
     hf_logging.set_verbosity_error()
     work = Path(args.work)
     passages = json.loads((work / "passages.json").read_text())
@@ -153,7 +151,7 @@ def cmd_train(args) -> None:
 
         model.load_state_dict({k: v.float() for k, v in load_file(str(Path(args.init) / ENCODER_FILE)).items()}, strict=False)
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith("encoder.layer."))
+        p.requires_grad_(name.startswith(SHIPS))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     per_epoch = len(epoch_batches(0))
@@ -165,7 +163,7 @@ def cmd_train(args) -> None:
     )
     run = f"{args.seed}-{steps}-{args.lr}-{args.articles}x{args.per_article}-{args.scale}-{args.sentence_weight}-{args.limit}"
     run += f"-{args.skip}-{Path(args.init).name}"
-    ckpt = Checkpoint(work / f"checkpoint-{run}.pt", model, opt, sched, trained_state)
+    ckpt = Checkpoint(work / f"checkpoint-{run}.pt", model, opt, sched, SHIPS)
     step, trained_s = ckpt.resume(device)
 
     def mean_pool(states, mask):
@@ -238,7 +236,7 @@ def save(model, out: Path, args, device, bf16: bool, questions: int, passages: i
     from qa.embedding import resolve_model
 
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().half().contiguous() for k, v in trained_state(model).items()}, str(out / ENCODER_FILE))
+    save_file({k: v.detach().cpu().half().contiguous() for k, v in trained_state(model, SHIPS).items()}, str(out / ENCODER_FILE))
     meta = {
         "base_model": BUNDLED_MODEL,
         "trains": "questions and passages (the transformer layers; token embeddings frozen)",
@@ -270,7 +268,7 @@ def save(model, out: Path, args, device, bf16: bool, questions: int, passages: i
         from safetensors.torch import load_file
 
         state = load_file(str(base / "model.safetensors"))
-        state.update({k: v.detach().cpu().to(state[k].dtype).contiguous() for k, v in trained_state(model).items()})
+        state.update({k: v.detach().cpu().to(state[k].dtype).contiguous() for k, v in trained_state(model, SHIPS).items()})
         save_file(state, str(folder / "model.safetensors"))
     print(f"saved {out / ENCODER_FILE}; trained {trained_s:.0f}s", flush=True)
 

@@ -23,7 +23,7 @@ import numpy as np
 import qa.readers.span as span
 from qa.config import Config
 from training.calibrate import collect, fold_questions, write_set
-from training.squad_reader import DATA
+from training.common import DATA
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from qa.config import Config
 from qa.evaluate import evaluate_questions
 from qa.metrics import read_jsonl
-from training.squad_reader import DATA, RTQA, SEED, rtqa_held_out
+from training.common import DATA, RTQA, SEED, rtqa_held_out
 
 SQUAD = "squad11_dev13"
 #: SQuAD dev articles that no reader was ever trained on (1,356 of the 4,557 questions).

@@ -1,10 +1,13 @@
 """`make train-reranker`: a cross-encoder that re-orders the retrieved passages (`QA_RERANK_PASSAGES`).
 
     python -m training.reranker prepare                # each training question's positive and mined negatives
-    python -m training.reranker train [--limit 12000]  # resumable; writes qa/reranker_weights/
-    python -m training.reranker train --teacher LOGITS.jsonl [--distill 0.5]   # learning a larger model's scores
+    python -m training.reranker train --out DIR [--limit N]   # resumable; writes the weights to DIR
+    python -m training.reranker train --out DIR --teacher LOGITS.jsonl [--distill 0.5]   # learning a larger model's scores
     python -m training.reranker tune --set fusion|squad13|rtqa-new --depth 20   # recall by depth and weight
     python -m training.reranker eval --set squad13|rtqa-new|fusion --passages 0,10
+
+`make train-reranker` makes the shipped weights (`prepare`, then `train --limit 6000 --negatives 5
+--pool 10 --lr 4e-5 --out qa/reranker_weights`); nothing writes over them unless `--out` names them.
 
 The model reads the question and one passage together (BERT's sentence-pair input, up to
 `--max-len` tokens) and gives one logit: how likely the passage answers the question. It starts
@@ -40,14 +43,15 @@ from qa.config import BUNDLED_MODEL, Config
 from qa.metrics import read_jsonl
 from qa.readers.span import TOP_FILE
 from qa.readers.span import WEIGHTS as READER_WEIGHTS
-from qa.reranker import META_FILE, WEIGHTS, WEIGHTS_FILE, trained_state
-from training.checkpoints import Checkpoint, Progress, linear_schedule, optimizer_step
+from qa.reranker import META_FILE, WEIGHTS, WEIGHTS_FILE
+from training.common import DATA, SEED, Checkpoint, Progress, device_for, linear_schedule, optimizer_step, trained_state, use_bf16
 from training.retrieval import WORK as TARGETS
 from training.retrieval import cmd_prepare as prepare_targets
 from training.retrieval import eval_sets, load_fold
-from training.squad_reader import DATA, SEED, device_for, native_bf16
 
 WORK = Path(__file__).resolve().parent.parent / ".cache" / "reranker"
+#: What ships: the encoder layers, the pooler and the score head (the embeddings are the bundled model's).
+SHIPS = ("bert.encoder.layer.", "bert.pooler.", "classifier.")
 
 
 # --------------------------------------------------------------------------------------- data
@@ -125,7 +129,7 @@ def cmd_train(args) -> None:
 
     torch.set_num_threads(args.threads)
     device = device_for(args.device)
-    bf16 = device.type == "cuda" or args.precision == "bf16" or (args.precision == "auto" and native_bf16())
+    bf16 = use_bf16(device, args.precision)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"
     print(f"training on {device} ({name}), {'bf16 autocast' if bf16 else 'fp32'}", flush=True)
     started = time.time()
@@ -165,7 +169,7 @@ def cmd_train(args) -> None:
 
     run = f"{args.seed}-{args.lr}-{args.batch}-{args.negatives}-{args.max_len}-{len(examples)}" + (f"-from{args.skip}" if args.skip else "")
     run += f"-distill{args.distill}" if args.teacher else ""
-    ckpt = Checkpoint(Path(args.work) / f"checkpoint-{run}.pt", model, opt, sched, trained_state)
+    ckpt = Checkpoint(Path(args.work) / f"checkpoint-{run}.pt", model, opt, sched, SHIPS)
     step, trained_s = ckpt.resume(device)
 
     def picks(i: int, epoch: int) -> list[int]:
@@ -215,7 +219,7 @@ def cmd_train(args) -> None:
             return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().half().contiguous() for k, v in trained_state(model).items()}, str(out / WEIGHTS_FILE))
+    save_file({k: v.detach().cpu().half().contiguous() for k, v in trained_state(model, SHIPS).items()}, str(out / WEIGHTS_FILE))
     meta = {
         "base_model": BUNDLED_MODEL,
         "architecture": "BertForSequenceClassification",
@@ -264,7 +268,8 @@ def cmd_tune(args) -> None:
     """Recall at each rerank depth and weight, from one pass: each question's fused candidates and
     the cross-encoder's logits for the first `--depth` of them (kept under --work), then re-ordered
     under every setting. Choose on the fusion fold; the held-out sets only confirm."""
-    from qa.embedding import files_key, model_version
+    from qa.embedding import model_version
+    from qa.encoders import files_key
 
     cfg = Config.load()
     # The candidates depend on the embedding model (its weights too) and the fusion weights as much as on the cross-encoder.

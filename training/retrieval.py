@@ -29,7 +29,7 @@ import numpy as np
 
 from qa.config import Config
 from qa.metrics import read_jsonl
-from training.squad_reader import DATA, RTQA, SQUAD_TRAIN, calibration_fold
+from training.common import DATA, RTQA, SQUAD_TRAIN, calibration_fold
 
 WORK = Path(__file__).resolve().parent.parent / ".cache" / "retrieval"
 RTQA_FUSION_FROM = "2021/07/01"

@@ -1,9 +1,14 @@
-"""`make train-reader`: the span reader trained on all of SQuAD v1.1 train, resumable, on a CPU or a GPU.
+"""The span reader's one recipe: trained on all of SQuAD v1.1 train, resumable, on a CPU or a GPU.
 
-    python -m training.squad_reader train [--epochs 1] [--limit N] [--checkpoints DIR] [--out qa/reader_weights]
+    python -m training.squad_reader train --out DIR [--epochs 1] [--limit N] [--checkpoints DIR]
     python -m training.squad_reader train --base ENCODER --out DIR      # another encoder, e.g. a teacher
-    python -m training.squad_reader train --teacher DIR [--distill 0.5] # the bundled model learning from it
+    python -m training.squad_reader train --teacher DIR --out DIR [--distill 0.5]  # the bundled model learning from it
     python -m training.squad_reader score --models shipped,DIR [--limit N]
+
+`make train-reader` makes the shipped reader: `python -m training.squad_reader train --out
+qa/reader_weights`, then `python -m training.calibrate fit --out qa/reader_weights` (the score's
+calibration). Nothing writes over qa/reader_weights unless `--out` names it. The held-out figures
+(the README's) come from `python -m training.reader_eval --set squad13|rtqa --mode gold|open`.
 
 Data (../shared/data, never committed):
 - trains on `squad11_train` (all 442 articles but the CALIBRATION fold) and the RealTimeQA training
@@ -14,7 +19,8 @@ Data (../shared/data, never committed):
   measured there (`python -m training.reader_eval --set squad13`).
 
 Windows are what the service reads: the question and about `--context-tokens` tokens of contiguous
-sentences around the answer (the service reads the question's best sentences, 96 tokens by default),
+sentences around the answer, split into sentences by the service's own splitter
+(`qa.passages.sentence_spans`; the service reads the question's best sentences, 96 tokens by default),
 so a window is about a third of the old 384-token ones and an epoch of 100,000 questions fits a CPU.
 No-answer targets ([CLS]) come from three kinds of windows:
 - sentences of the same paragraph that do not hold the answer (`--same-paragraph`),
@@ -42,33 +48,28 @@ import numpy as np
 
 from qa.config import BUNDLED_MODEL
 from qa.metrics import read_jsonl
+from qa.passages import sentence_spans
 from qa.readers.span import META_FILE, TOP_FILE
-from training.checkpoints import Checkpoint, Progress, linear_schedule, optimizer_step
+from training.common import (
+    DATA,
+    RTQA,
+    SEED,
+    SQUAD_TRAIN,
+    Checkpoint,
+    Progress,
+    calibration_fold,
+    device_for,
+    linear_schedule,
+    optimizer_step,
+    rtqa_held_out,
+    trained_state,
+    use_bf16,
+)
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-SQUAD_TRAIN = "squad11_train"
-RTQA = "realtimeqa_2020_2021"
 CHECKPOINTS = Path(__file__).resolve().parent.parent / ".cache" / "reader-train"
-SEED = 13
-
-
-def calibration_fold(title: str) -> bool:
-    """About one training article in forty, kept for fitting the score's calibration."""
-    return int(hashlib.md5(title.encode()).hexdigest(), 16) % 40 == 0
-
-
-def rtqa_held_out(qid: str) -> bool:
-    return int(hashlib.md5(qid.encode()).hexdigest(), 16) % 5 == 0
 
 
 # --------------------------------------------------------------------------------------- data
-
-
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    import blingfire
-
-    _, offsets = blingfire.text_to_sentences_and_offsets(text)
-    return [(a, b) for a, b in offsets if b > a] or [(0, len(text))]
 
 
 def load_questions(data: Path, fold: str = "train") -> list[dict]:
@@ -155,7 +156,7 @@ def build_examples(questions: list[dict], tokenizer, args, rng: random.Random) -
     split: dict[str, tuple[list[tuple[int, int]], list[int]]] = {}
     for paragraphs in by_title.values():
         for pid, text in paragraphs.items():
-            spans = sentence_spans(text)
+            spans = sentence_spans(text) or [(0, len(text))]  # split as the service splits passages (qa.passages)
             lengths = [len(ids) for ids in tokenizer([text[a:b] for a, b in spans], add_special_tokens=False)["input_ids"]]
             split[pid] = (spans, lengths)
     out: list[dict] = []
@@ -292,25 +293,9 @@ def batches(feats: list[dict], size: int, seed: int, epoch: int) -> list[list[in
     return out
 
 
-def device_for(choice: str):
-    import torch
-
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
-
-
-def native_bf16() -> bool:
-    try:
-        return re.search(r"\b(avx512_bf16|amx_bf16)\b", Path("/proc/cpuinfo").read_text()) is not None
-    except OSError:
-        return False
-
-
-def trained_state(model) -> dict:
+def shipped_prefixes(model) -> tuple[str, ...]:
     """What ships: the encoder layers and the span head (the embeddings stay the bundled model's)."""
-    layers = f"{model.base_model_prefix}.encoder.layer."  # bert. for the bundled model
-    return {k: v for k, v in model.state_dict().items() if k.startswith(("qa_outputs.", layers))}
+    return ("qa_outputs.", f"{model.base_model_prefix}.encoder.layer.")  # bert. for the bundled model
 
 
 def signature(args, n_feats: int) -> str:
@@ -344,7 +329,7 @@ def cmd_train(args) -> None:
 
     torch.set_num_threads(args.threads)
     device = device_for(args.device)
-    bf16 = device.type == "cuda" or args.precision == "bf16" or (args.precision == "auto" and native_bf16())
+    bf16 = use_bf16(device, args.precision)
     print(
         f"training on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{args.threads} threads'}), "
         f"{'bf16 autocast' if bf16 else 'fp32'}",
@@ -369,6 +354,7 @@ def cmd_train(args) -> None:
 
     torch.manual_seed(args.seed)
     model = AutoModelForQuestionAnswering.from_pretrained(base).to(device)
+    ships = shipped_prefixes(model)
     if args.init:
         # Another pass over the data, with a schedule of its own, on top of weights already trained.
         from safetensors.torch import load_file
@@ -393,7 +379,7 @@ def cmd_train(args) -> None:
 
     ckpt_dir = Path(args.checkpoints) / signature(args, len(feats))
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = Checkpoint(ckpt_dir / "last.pt", model, opt, sched, trained_state)
+    ckpt = Checkpoint(ckpt_dir / "last.pt", model, opt, sched, ships)
     step, trained_s = ckpt.resume(device)
 
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -443,7 +429,7 @@ def cmd_train(args) -> None:
     from safetensors.torch import save_file
 
     if args.base == BUNDLED_MODEL:  # what ships: the trained layers, put on the bundled model at load time
-        save_file({k: v.detach().to("cpu").half().contiguous() for k, v in trained_state(model).items()}, str(out_dir / TOP_FILE))
+        save_file({k: v.detach().to("cpu").half().contiguous() for k, v in trained_state(model, ships).items()}, str(out_dir / TOP_FILE))
     else:  # another encoder (a teacher): the whole model, which QA_READER_MODEL and --teacher load as it is
         model.to("cpu").save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)

@@ -1,45 +1,50 @@
-"""The index on disk: immutable versions in `index/vNNNNNN/`, published by swapping `index/CURRENT`.
+"""The index: what a question is answered from, on one of two engines, and how it is built.
 
-- `vectors`: the vector segments of one version (base, delta of additions, removed ids);
-- `version`: opening a published version, and the errors that say what to do;
-- `build`: building the next version and publishing it.
+- `base`: the interface every engine offers (`Index`, `IndexStore`), the manifest, the errors;
+- `factory`: which engine serves (`open_index`, `published_version`);
+- `files`: the files engine, a folder per version (`store`: SQLite, `vectors`: FAISS,
+  `lexical`: BM25, `layers`: the base-plus-delta files the last two share);
+- `milvus/`: the Milvus engine (`schema`, `read`, `build`);
+- `build`: bringing the index up to the corpus, on either engine, and publishing the next version.
 """
 
-from qa.index.build import BuildSummary, ProgressFn, build_index, build_lock, require_corpus, writing
-from qa.index.vectors import VectorIndex
-from qa.index.version import (
+from qa.index.base import (
     FORMAT_VERSION,
     Candidates,
     CorpusMissing,
+    Index,
     IndexBusy,
     IndexDamaged,
     IndexMismatch,
     IndexProblem,
-    IndexVersion,
+    IndexStore,
     Manifest,
     NoIndex,
+    PassageRow,
+    SentenceRow,
     TooManyRemovals,
-    current_version,
-    open_index,
-    published_version,
-    version_dir,
 )
+from qa.index.build import BuildSummary, ProgressFn, build_index, build_lock, require_corpus, writing
+from qa.index.factory import open_index, published_version
+from qa.index.files import current_version, version_dir
 
 __all__ = [
     "FORMAT_VERSION",
     "BuildSummary",
     "Candidates",
     "CorpusMissing",
+    "Index",
     "IndexBusy",
     "IndexDamaged",
     "IndexMismatch",
     "IndexProblem",
-    "IndexVersion",
+    "IndexStore",
     "Manifest",
     "NoIndex",
-    "TooManyRemovals",
+    "PassageRow",
     "ProgressFn",
-    "VectorIndex",
+    "SentenceRow",
+    "TooManyRemovals",
     "build_index",
     "build_lock",
     "current_version",

@@ -7,7 +7,6 @@ CURRENT names, so a killed build is invisible to them. One build at a time holds
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3
@@ -15,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -23,34 +21,27 @@ from filelock import FileLock, Timeout
 
 from qa.config import REMOVAL_GUARD_MIN_DOCUMENTS, Config
 from qa.corpus import CorpusReport, Skipped, read_corpus
-from qa.embedding import Embedder, model_version, vector_backend
-from qa.index.vectors import VectorIndex
-from qa.index.version import (
+from qa.embedding import Embedder, vector_backend
+from qa.index.base import CorpusMissing, IndexBusy, IndexDamaged, IndexMismatch, IndexProblem, Manifest, NoIndex, TooManyRemovals
+from qa.index.files import (
     CURRENT,
-    FORMAT_VERSION,
     LEXICAL,
-    MANIFEST,
     PASSAGE_VECTORS,
     SENTENCE_VECTORS,
     STORE,
-    CorpusMissing,
-    IndexBusy,
-    IndexDamaged,
-    IndexMismatch,
-    IndexProblem,
-    IndexVersion,
-    Manifest,
-    NoIndex,
-    TooManyRemovals,
+    FilesIndex,
     current_version,
-    open_index,
+    open_files_index,
     version_dir,
+    write_manifest,
 )
-from qa.lexical import LexicalIndex
+from qa.index.lexical import LexicalIndex
+from qa.index.milvus import MilvusBuild
+from qa.index.store import Store
+from qa.index.vectors import VectorIndex
 from qa.models import Document, Passage
 from qa.passages import PassageSplitter
 from qa.progress import Progress
-from qa.store import Store
 
 LOCK = ".lock"
 EMBED_BLOCK = 256
@@ -279,9 +270,9 @@ def _build_milvus(
     part: tuple[int, int] | None,
     allow_removals: bool,
 ) -> BuildSummary:
-    """The same build on Milvus (qa/index/milvus.py): rows of the next version, then one publish.
+    """The same build on Milvus (qa/index/milvus/): rows of the next version, then one publish.
     With `part`, only this worker's share of the documents, and the last part in publishes."""
-    from qa.index.milvus import MilvusBuild
+
 
     report("reading")
     summary = BuildSummary()
@@ -310,170 +301,182 @@ def _build_milvus(
     return summary
 
 
-def _splitter(config: Config, embedder: Embedder) -> PassageSplitter:
-    return PassageSplitter(
+# Passages and their vectors: shared by both engines (and the training scripts' targets).
+
+
+def split_documents(config: Config, embedder: Embedder, docs: list[Document]) -> list[tuple[Document, list[Passage]]]:
+    """Each document with its passages, split as every index splits them (`Config.indexed_settings`)."""
+    splitter = PassageSplitter(
         embedder.count_tokens, embedder.split_tokens, embedder.max_tokens, config.min_passage_words, config.window_overlap_sentences
     )
+    return [(doc, splitter.split(doc)) for doc in docs]
+
+
+def embed_blocks(
+    embedder: Embedder, split: list[tuple[Document, list[Passage]]], report: Callable = lambda *a: None, show_progress: bool = False
+) -> Iterator[tuple[list[int], np.ndarray, list[np.ndarray]]]:
+    """(positions of the passages in `split` order, their vectors, each one's sentence vectors), a
+    block at a time. A passage is embedded with its article's title before it, and its sentences are
+    pooled from the same run of the model (`Embedder.embed_with_spans`). Longest first in blocks of
+    similar length: padding is what costs on a CPU."""
+    texts = [f"{doc.title}\n{p.text}" for doc, passages in split for p in passages]
+    shift = [len(doc.title) + 1 for doc, passages in split for _ in passages]
+    spans = [[(k + s.start, k + s.end) for s in p.sentences] for k, p in zip(shift, (p for _, ps in split for p in ps))]
+    total = len(texts)
+    order = sorted(range(total), key=lambda i: -len(texts[i]))
+    with Progress(total, "embedding", "passage", enabled=show_progress and total >= EMBED_BLOCK) as bar:
+        for k in range(0, total, EMBED_BLOCK):
+            chunk = order[k : k + EMBED_BLOCK]
+            vectors, per_passage = embedder.embed_with_spans([texts[i] for i in chunk], [spans[i] for i in chunk])
+            yield chunk, vectors, [np.asarray(v, np.float32) for v in per_passage]
+            bar.update(len(chunk))
+            report("embedding", min(k + EMBED_BLOCK, total), total)
 
 
 def embed_documents(
     config: Config, embedder: Embedder, docs: list[Document], report: Callable = lambda *a: None, show_progress: bool = False
 ) -> tuple[list[tuple[Document, list[Passage]]], np.ndarray, list[np.ndarray]]:
-    """Each document's passages, their vectors and their sentences' vectors, as an index holds them
-    (also the training targets the reranker mines its negatives from: training/retrieval.py)."""
-    split = [(doc, _splitter(config, embedder).split(doc)) for doc in docs]
-    texts = [f"{doc.title}\n{p.text}" for doc, passages in split for p in passages]
-    shift = [len(doc.title) + 1 for doc, passages in split for _ in passages]
-    spans = [[(k + s.start, k + s.end) for s in p.sentences] for k, p in zip(shift, (p for _, ps in split for p in ps))]
-    vectors, sentence_vectors = _embed(embedder, texts, spans, report, show_progress)
+    """Each document's passages, their vectors and their sentences' vectors, all in memory, in order
+    (the Milvus build writes rows by document; training/retrieval.py mines its targets from them)."""
+    split = split_documents(config, embedder, docs)
+    total = sum(len(passages) for _, passages in split)
+    vectors = np.zeros((total, embedder.dimension), np.float32)
+    sentence_vectors: list[np.ndarray] = [np.zeros((0, embedder.dimension), np.float32)] * total
+    for chunk, block, per_passage in embed_blocks(embedder, split, report, show_progress):
+        for j, i in enumerate(chunk):
+            vectors[i], sentence_vectors[i] = block[j], per_passage[j]
     return split, vectors, sentence_vectors
 
 
-def _embed(
-    embedder: Embedder, texts: list[str], spans: list[list[tuple[int, int]]], report: Callable, show_progress: bool
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Passage vectors and each passage's sentence vectors, in the order given. Longest first in
-    blocks of similar length: padding is what costs on a CPU."""
-    total = len(texts)
-    vectors = np.zeros((total, embedder.dimension), np.float32)
-    per_sentence: list[np.ndarray] = [np.zeros((0, embedder.dimension), np.float32)] * total
-    order = sorted(range(total), key=lambda i: -len(texts[i]))
-    bar = Progress(total, "embedding", "passage", enabled=show_progress and total >= EMBED_BLOCK)
-    for k in range(0, total, EMBED_BLOCK):
-        chunk = order[k : k + EMBED_BLOCK]
-        block, sentences = embedder.embed_with_spans([texts[i] for i in chunk], [spans[i] for i in chunk])
-        for j, i in enumerate(chunk):
-            vectors[i], per_sentence[i] = block[j], np.asarray(sentences[j], np.float32)
-        bar.update(len(chunk))
-        report("embedding", min(k + EMBED_BLOCK, total), total)
-    bar.close()
-    return vectors, per_sentence
+# The files engine: the next version in a private folder, then published.
 
 
-def _previous(config: Config) -> IndexVersion | None:
+def _previous(config: Config) -> FilesIndex | None:
     try:
-        return open_index(config)
+        return open_files_index(config)
     except NoIndex:
         return None
+
+
+@dataclass
+class _NextVersion:
+    """The parts of the version being built, in its private work folder: the previous version's
+    store copied, and the builder's own copies of its search files, changed in place."""
+
+    work: Path
+    store: Store
+    passage_vectors: VectorIndex
+    sentence_vectors: VectorIndex
+    lexical: LexicalIndex
+
+    @classmethod
+    def start(cls, config: Config, embedder: Embedder, previous: FilesIndex | None) -> _NextVersion:
+        _remove_stale_builds(config.index)
+        work = config.index / f".build-{os.getpid()}-{int(time.time() * 1000)}"
+        work.mkdir()
+        if previous is None:
+            parts = (
+                VectorIndex.empty(embedder.dimension, config),
+                VectorIndex.empty(embedder.dimension, config),
+                LexicalIndex.empty(config.vector_delta_fraction),
+            )
+        else:
+            shutil.copy2(previous.path / STORE, work / STORE)
+            # The previous version's own objects, changed in place: reading an HNSW base again is
+            # slow (its graph is not memory-mapped); its files are never written, only linked.
+            parts = (previous.passage_vectors, previous.sentence_vectors, previous.lexical)
+            previous.close()
+        store = Store(work / STORE)
+        store.begin()
+        return cls(work, store, *parts)
+
+    def remove(self, doc_ids: list[str]) -> None:
+        """The documents' rows, vectors and postings out."""
+        dropped_p: list[int] = []
+        dropped_s: list[int] = []
+        for doc_id in doc_ids:
+            p, s = self.store.delete_document(doc_id)
+            dropped_p += p
+            dropped_s += s
+        if dropped_p:
+            self.passage_vectors.remove_ids(np.asarray(dropped_p, dtype=np.int64))
+            self.lexical.remove_ids(dropped_p)
+        if dropped_s:
+            self.sentence_vectors.remove_ids(np.asarray(dropped_s, dtype=np.int64))
+
+    def add(self, split: list[tuple[Document, list[Passage]]], embedder: Embedder, report: Callable, show_progress: bool) -> None:
+        """The documents' rows and postings in, then their passages and sentences embedded into the vectors."""
+        passage_ids: list[int] = []
+        sentence_ids: list[list[int]] = []  # of each passage, in order
+        lexical_rows: list[tuple[int, str, str]] = []  # (passage id, title, text) for BM25
+        for doc, passages in split:
+            pids, sids = self.store.add_document(doc, passages)
+            passage_ids += pids
+            lexical_rows += [(pid, doc.title, p.text) for pid, p in zip(pids, passages)]
+            it = iter(sids)
+            sentence_ids += [[next(it) for _ in p.sentences] for p in passages]
+        self.lexical.add(lexical_rows)
+        for chunk, vectors, per_passage in embed_blocks(embedder, split, report, show_progress):
+            self.passage_vectors.add_with_ids(vectors, np.asarray([passage_ids[i] for i in chunk], dtype=np.int64))
+            self.sentence_vectors.add_with_ids(
+                np.vstack(per_passage).astype(np.float32), np.asarray([sid for i in chunk for sid in sentence_ids[i]], dtype=np.int64)
+            )
+
+    def write(self, manifest_for: Callable[[dict[str, int]], Manifest]) -> Manifest:
+        """Everything on disk and synced; the manifest made from the final counts."""
+        self.store.commit()
+        counts = self.store.counts()
+        self.store.close()
+        self.passage_vectors.save(self.work / PASSAGE_VECTORS)
+        self.sentence_vectors.save(self.work / SENTENCE_VECTORS)
+        self.lexical.save(self.work / LEXICAL)
+        manifest = manifest_for(counts)
+        write_manifest(self.work, manifest)
+        _fsync_tree(self.work)
+        return manifest
 
 
 def _publish(
     config: Config,
     embedder: Embedder,
-    previous: IndexVersion | None,
+    previous: FilesIndex | None,
     todo: list[Document],
     removed: list[str],
     summary: BuildSummary,
     report: Callable,
     show_progress: bool,
 ) -> None:
+    """Builds the next version beside the published ones, then makes it the one readers open."""
     index_dir = config.index
-    _remove_stale_builds(index_dir)
-    work = index_dir / f".build-{os.getpid()}-{int(time.time() * 1000)}"
-    work.mkdir()
+    version = max([previous.version if previous else 0, *_existing_versions(index_dir)]) + 1
+    split = split_documents(config, embedder, todo)
+    next_version = _NextVersion.start(config, embedder, previous)
     try:
-        if previous is not None:
-            shutil.copy2(previous.path / STORE, work / STORE)
-            # The builder's own copy of the previous version, so its vectors can be changed in
-            # place: reading an HNSW base again is slow (its graph is not memory-mapped).
-            passage_vectors, sentence_vectors = previous.passage_vectors, previous.sentence_vectors
-            lexical = previous.lexical
-            previous.close()
-        else:
-            passage_vectors = VectorIndex.empty(embedder.dimension, config)
-            sentence_vectors = VectorIndex.empty(embedder.dimension, config)
-            lexical = LexicalIndex.empty(config.vector_delta_fraction)
-        store = Store(work / STORE)
-        store.begin()
-        splitter = PassageSplitter(
-            embedder.count_tokens,
-            embedder.split_tokens,
-            embedder.max_tokens,
-            config.min_passage_words,
-            config.window_overlap_sentences,
-        )
-        dropped_p: list[int] = []
-        dropped_s: list[int] = []
-        for doc_id in removed + [d.id for d in todo]:
-            p, s = store.delete_document(doc_id)
-            dropped_p += p
-            dropped_s += s
-        passage_texts: list[str] = []
-        passage_ids: list[int] = []
-        lexical_rows: list[tuple[int, str, str]] = []  # (passage id, title, text) for BM25
-        sentence_spans: list[list[tuple[int, int]]] = []  # of each passage's sentences, in its embedded text
-        sentence_ids: list[list[int]] = []
-        for doc in todo:
-            passages = splitter.split(doc)
-            pids, sids = store.add_document(doc, passages)
-            passage_ids += pids
-            passage_texts += [f"{doc.title}\n{p.text}" for p in passages]
-            lexical_rows += [(pid, doc.title, p.text) for pid, p in zip(pids, passages)]
-            shift = len(doc.title) + 1
-            sentence_spans += [[(shift + s.start, shift + s.end) for s in p.sentences] for p in passages]
-            it = iter(sids)
-            sentence_ids += [[next(it) for _ in p.sentences] for p in passages]
-        if dropped_p:
-            passage_vectors.remove_ids(np.asarray(dropped_p, dtype=np.int64))
-        if dropped_s:
-            sentence_vectors.remove_ids(np.asarray(dropped_s, dtype=np.int64))
-        if dropped_p:
-            lexical.remove_ids(dropped_p)
-        lexical.add(lexical_rows)
-        total = len(passage_texts)
-        done = 0
-        bar = Progress(total, "embedding", "passage", enabled=show_progress and total >= EMBED_BLOCK)
-        # Longest first in blocks of similar length: padding is what costs on a CPU. A passage's
-        # sentences are pooled from the same run of the model (`Embedder.embed_with_spans`).
-        order = sorted(range(total), key=lambda i: -len(passage_texts[i]))
-        for k in range(0, total, EMBED_BLOCK):
-            chunk = order[k : k + EMBED_BLOCK]
-            vectors, per_passage = embedder.embed_with_spans([passage_texts[i] for i in chunk], [sentence_spans[i] for i in chunk])
-            passage_vectors.add_with_ids(vectors, np.asarray([passage_ids[i] for i in chunk], dtype=np.int64))
-            sentence_vectors.add_with_ids(
-                np.vstack(per_passage).astype(np.float32), np.asarray([sid for i in chunk for sid in sentence_ids[i]], dtype=np.int64)
-            )
-            done += len(chunk)
-            bar.update(len(chunk))
-            report("embedding", done, total)
-        bar.close()
+        next_version.remove(removed + [d.id for d in todo])
+        next_version.add(split, embedder, report, show_progress)
         report("publishing", 0, 1)
-        store.commit()
-        counts = store.counts()
-        store.close()
-        passage_vectors.save(work / PASSAGE_VECTORS)
-        sentence_vectors.save(work / SENTENCE_VECTORS)
-        lexical.save(work / LEXICAL)
-        version = max([previous.version if previous else 0, *_existing_versions(index_dir)]) + 1
-        manifest = Manifest(
-            FORMAT_VERSION,
-            version,
-            config.model,
-            embedder.dimension,
-            counts["documents"],
-            counts["passages"],
-            counts["sentences"],
-            datetime.now(UTC).isoformat(timespec="seconds"),
-            vector_backend(embedder.backend),
-            model_version(config.model),
-        )
-        (work / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
-        _fsync_tree(work)
-        final = version_dir(index_dir, version)
-        os.rename(work, final)
-        pointer = index_dir / f".{CURRENT}.{os.getpid()}"
-        pointer.write_text(final.name + "\n")
-        with open(pointer, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(pointer, index_dir / CURRENT)
-        _fsync_dir(index_dir)
-        summary.documents, summary.passages = counts["documents"], counts["passages"]
-        summary.embedded = len(passage_texts)
+        vectors = vector_backend(embedder.backend)
+        manifest = next_version.write(lambda counts: Manifest.new(version, config, embedder.dimension, vectors, counts))
+        _swap_current(index_dir, next_version.work, version)
+        summary.documents, summary.passages = manifest.documents, manifest.passages
+        summary.embedded = sum(len(passages) for _, passages in split)
         summary.version = version
         _remove_old_versions(index_dir, version, config.keep_versions)
     finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+        if next_version.work.exists():
+            shutil.rmtree(next_version.work, ignore_errors=True)
+
+
+def _swap_current(index_dir: Path, work: Path, version: int) -> None:
+    """The work folder renamed into place, then CURRENT replaced atomically: the publish."""
+    final = version_dir(index_dir, version)
+    os.rename(work, final)
+    pointer = index_dir / f".{CURRENT}.{os.getpid()}"
+    pointer.write_text(final.name + "\n")
+    with open(pointer, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(pointer, index_dir / CURRENT)
+    _fsync_dir(index_dir)
 
 
 def _existing_versions(index_dir: Path) -> list[int]:

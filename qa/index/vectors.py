@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from qa.config import Config
+from qa.index.layers import keeps_base, load_ids, removed_after, save_ids, share
 
 #: Beside each vector file: vectors added since it was written, and ids removed from it.
 DELTA = ".delta.faiss"
@@ -49,8 +49,7 @@ class VectorIndex:
         base = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         delta_path, removed_path = _beside(path, DELTA), _beside(path, REMOVED)
         delta = faiss.read_index(str(delta_path)) if delta_path.exists() else _flat(base.d)
-        removed = np.load(removed_path) if removed_path.exists() else np.zeros(0, np.int64)
-        return cls(base, delta, removed, config, path)
+        return cls(base, delta, load_ids(removed_path), config, path)
 
     def _refresh(self) -> None:
         self._delta_ids = set(faiss.vector_to_array(self.delta.id_map).tolist())
@@ -114,7 +113,7 @@ class VectorIndex:
         in_delta = np.fromiter((i in self._delta_ids for i in ids.tolist()), dtype=bool, count=len(ids))
         if in_delta.any():
             self.delta.remove_ids(ids[in_delta])
-        self.removed = np.union1d(self.removed, ids[~in_delta])
+        self.removed = removed_after(self.removed, ids, in_delta)
         self._refresh()
 
     def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> None:
@@ -125,18 +124,11 @@ class VectorIndex:
     def save(self, path: Path) -> None:
         """Writes this version's files: links the base and writes the delta, or rewrites the base."""
         changes = len(self.removed) + self.delta.ntotal
-        if (
-            self.source is not None
-            and changes <= self.config.vector_delta_fraction * self.base.ntotal
-            and self.approximate == _wants_ann(self.ntotal, self.config, self.approximate)
-        ):
-            try:
-                os.link(self.source, path)
-            except OSError:
-                shutil.copy2(self.source, path)
+        same_kind = self.approximate == _wants_ann(self.ntotal, self.config, self.approximate)
+        if same_kind and keeps_base(self.source, changes, self.base.ntotal, self.config.vector_delta_fraction):
+            share(self.source, path)
             faiss.write_index(self.delta, str(_beside(path, DELTA)))
-            with open(_beside(path, REMOVED), "wb") as fh:
-                np.save(fh, self.removed)
+            save_ids(_beside(path, REMOVED), self.removed)
             return
         faiss.write_index(self._compacted(), str(path))
 

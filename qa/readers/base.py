@@ -13,18 +13,18 @@ from typing import Protocol
 
 import numpy as np
 
-from qa.index import IndexVersion
-from qa.lexical import query_terms
+from qa.index import Index
+from qa.index.base import PassageRow, SentenceRow
+from qa.index.lexical import query_terms
 from qa.models import Answer
 from qa.retriever import Hit
-from qa.store import PassageRow, SentenceRow
 
 _WHY = re.compile(r"\s*(why\b|what (was|is|were|are) the (reason|cause|motive|purpose)s?\b|for what reason)", re.I)
 
 
 class Reader(Protocol):
     def read(
-        self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
+        self, question: str, question_vector: np.ndarray, index: Index, hits: list[Hit], rows: dict[int, PassageRow]
     ) -> list[Answer]: ...
 
     def warm(self) -> None:
@@ -47,7 +47,7 @@ def question_stems(question: str) -> set[str]:
 
 
 def sentence_cosines(
-    index: IndexVersion, hits: list[Hit], question_vector: np.ndarray
+    index: Index, hits: list[Hit], question_vector: np.ndarray
 ) -> tuple[dict[int, list[SentenceRow]], np.ndarray] | None:
     """The sentences of the hits' passages and each one's cosine with the question, in hit order.
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from qa.config import Config
-from qa.index import IndexVersion
-from qa.lexical import STOP_WORDS
+from qa.index import Index
+from qa.index.base import PassageRow
+from qa.index.lexical import STOP_WORDS
 from qa.models import Answer
 from qa.readers.base import (
     is_why,
@@ -26,7 +27,6 @@ from qa.readers.base import (
     trim,
 )
 from qa.retriever import Hit
-from qa.store import PassageRow
 
 _WORD = re.compile(r"[\w'’%$£€.-]*\w|[\w$£€]")
 _CAUSE = re.compile(
@@ -67,7 +67,7 @@ class SentenceReader:
         pass  # nothing to load
 
     def read(
-        self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
+        self, question: str, question_vector: np.ndarray, index: Index, hits: list[Hit], rows: dict[int, PassageRow]
     ) -> list[Answer]:
         hits = [h for h in hits if h.passage_id in rows][: self.config.read_passages]
         if not hits:
@@ -126,7 +126,7 @@ def _local_idf(terms: set[str], documents: list[set[str]]) -> dict[str, float]:
     return {t: math.log((n + 1) / (sum(t in d for d in documents) + 0.5)) for t in terms}
 
 
-def _whole_document(index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]) -> tuple[list[Hit], dict[int, PassageRow]]:
+def _whole_document(index: Index, hits: list[Hit], rows: dict[int, PassageRow]) -> tuple[list[Hit], dict[int, PassageRow]]:
     top = hits[0]
     doc_id = rows[top.passage_id].document_id
     extra = [pid for pid in index.store.document_passage_ids(doc_id) if pid not in rows]

@@ -11,7 +11,7 @@ whose start and end logits are the members' mean (more accurate, one forward pas
 Reading is one forward pass per question: the sentences of the retrieved passages are ranked by
 their index-time embeddings, the best ones (up to `span_context_tokens` tokens) are grouped back
 into contiguous stretches of their passages, and the stretches are read as one text after the
-question: one window, the question once, no span across two stretches.
+question (`qa.readers.span_decoding`): one window, the question once, no span across two stretches.
 The no-answer score is SQuAD 2's: the [CLS] start plus end logits. When the no-answer logit wins,
 the span is withheld. Spans are ranked, and scored, by sigmoid(span logit - no-answer logit -
 `span_passage_weight` x how far their passage's retrieval score is below the best passage's); a
@@ -20,14 +20,11 @@ span whose score is below `answer_threshold` is withheld.
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import json
 import logging
 import math
 import re
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -36,7 +33,9 @@ import numpy as np
 
 from qa.config import Config
 from qa.embedding import resolve_model
-from qa.index import IndexVersion
+from qa.encoders import cached_onnx, export_onnx, files_key, onnx_session, quiet_transformers, trained_model
+from qa.index import Index
+from qa.index.base import PassageRow
 from qa.models import Answer
 from qa.readers.base import (
     is_why,
@@ -48,8 +47,8 @@ from qa.readers.base import (
 )
 from qa.readers.calibration import Calibration
 from qa.readers.sentence import SentenceReader
+from qa.readers.span_decoding import Logits, read_spans, token_lengths
 from qa.retriever import Hit
-from qa.store import PassageRow
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "reader_weights"
 META_FILE = "reader.json"
@@ -71,130 +70,47 @@ log = logging.getLogger(__name__)
 def load_qa_model(name_or_path: str | Path | None = None):
     """(model, tokenizer) in eval mode. None or "" is the shipped reader; a folder with `reader.json`
     is a trained top on top of its base encoder; anything else goes to AutoModelForQuestionAnswering."""
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertForQuestionAnswering
 
     path = Path(name_or_path) if name_or_path else WEIGHTS
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the base encoder has no span head: that is expected
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a bar per load would clutter `qa ask`
-    try:
+    with quiet_transformers():
         if (path / META_FILE).exists():
-            from safetensors.torch import load_file
-            from transformers import BertForQuestionAnswering
-
-            meta = json.loads((path / META_FILE).read_text())
-            base = resolve_model(meta["base_model"])
-            model = BertForQuestionAnswering.from_pretrained(base)
-            top = {k: v.float() for k, v in load_file(str(path / TOP_FILE)).items()}
-            missing = set(top) - set(model.state_dict())
-            if missing:
-                raise ValueError(f"{path / TOP_FILE}: unknown weights {sorted(missing)[:3]}")
-            model.load_state_dict(top, strict=False)
+            base = resolve_model(json.loads((path / META_FILE).read_text())["base_model"])
+            model = trained_model(base, path / TOP_FILE, BertForQuestionAnswering)
             tokenizer = AutoTokenizer.from_pretrained(base)
         else:
             name = resolve_model(str(name_or_path))
             model = AutoModelForQuestionAnswering.from_pretrained(name)
             tokenizer = AutoTokenizer.from_pretrained(name)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
     model.eval()
     return model, tokenizer
 
 
-# --------------------------------------------------------------------------------------- spans
+def member_names(reader_model: str) -> list[str]:
+    """`Config.reader_model` as the models it names; "" stands for the shipped reader."""
+    names = [n.strip() for n in reader_model.split(",")] if reader_model else [""]
+    return ["" if n == "shipped" else n for n in names]
 
 
-@dataclass
-class Span:
-    context: int  # index of the context it came from
-    start: int  # character offsets in that context's text
-    end: int
-    logit: float  # span logit minus the no-answer logit of its window
+def _sources(name: str) -> list[Path]:
+    """The local files a model is made of (what its exported ONNX file is keyed on); "" is the shipped reader."""
+    if not name:
+        meta = json.loads((WEIGHTS / META_FILE).read_text())
+        return [WEIGHTS, Path(resolve_model(meta["base_model"]))]
+    folder = Path(resolve_model(name))
+    return [folder] if folder.is_dir() else []
 
 
-#: transformers' fast tokenizer sets padding and truncation on the shared Rust tokenizer at each
-#: call, so two threads at once can run with each other's settings (an unpadded batch, a
-#: truncation error). Tokenizing is about a millisecond of a question: one at a time.
-_TOKENIZING = threading.Lock()
-
-
-def token_lengths(tokenizer, texts: list[str]) -> list[int]:
-    with _TOKENIZING:
-        return [len(t) for t in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-
-def encode(tokenizer, question: str, contexts: list[str], max_len: int, stride: int, max_question_tokens: int = 64):
-    """Question/context pairs as model input, long contexts split into overlapping windows."""
-    with _TOKENIZING:
-        return _encode(tokenizer, question, contexts, max_len, stride, max_question_tokens)
-
-
-def _encode(tokenizer, question: str, contexts: list[str], max_len: int, stride: int, max_question_tokens: int):
-    q_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
-    if len(q_ids) > max_question_tokens:
-        question = tokenizer.decode(q_ids[:max_question_tokens])
-    return tokenizer(
-        [question] * len(contexts),
-        contexts,
-        truncation="only_second",
-        max_length=max_len,
-        stride=stride,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-        padding="longest",
-        return_tensors="np",
-    )
-
-
-def best_spans(
-    start_logits: np.ndarray,
-    end_logits: np.ndarray,
-    sequence_ids: list[int | None],
-    offsets: list[tuple[int, int]],
-    max_tokens: int,
-    top_n: int = 20,
-    per_window: int = 2,
-    breaks: list[int] | None = None,
-) -> list[tuple[int, int, float]]:
-    """Up to `per_window` non-overlapping (char_start, char_end, span - null) in one window; with
-    `breaks` (where each packed context starts), no span runs from one context into the next."""
-    ctx = [i for i, s in enumerate(sequence_ids) if s == 1]
-    if not ctx:
-        return []
-    null = float(start_logits[0] + end_logits[0])
-    lo, hi = ctx[0], ctx[-1]
-    s_idx = lo + np.argsort(-start_logits[lo : hi + 1])[:top_n]
-    e_idx = lo + np.argsort(-end_logits[lo : hi + 1])[:top_n]
-    cands = []
-    for s in s_idx:
-        for e in e_idx:
-            if e < s or e - s + 1 > max_tokens:
-                continue
-            if breaks and bisect.bisect_right(breaks, offsets[s][0]) != bisect.bisect_right(breaks, offsets[e][1] - 1):
-                continue
-            cands.append((float(start_logits[s] + end_logits[e]) - null, int(s), int(e)))
-    cands.sort(reverse=True)
-    out: list[tuple[int, int, float]] = []
-    taken: list[tuple[int, int]] = []
-    for logit, s, e in cands:
-        if any(not (e < a or s > b) for a, b in taken):
-            continue
-        taken.append((s, e))
-        out.append((offsets[s][0], offsets[e][1], logit))
-        if len(out) >= per_window:
-            break
-    return out
-
-
-#: Model inputs in, (start logits, end logits) out: the torch model or its ONNX Runtime twin.
-Logits = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
+# --------------------------------------------------------------------------------------- logits
 
 
 class TorchLogits:
+    """The torch model as `Logits`, on `threads` torch threads (0: torch's own number).
+
+    One call at a time in the process (`_torch_lock`, shared by every TorchLogits): torch's thread
+    count is process-wide, and each call sets it for itself and restores it.
+    """
+
     def __init__(self, model, threads: int) -> None:
         self.model = model
         self.threads = threads
@@ -214,9 +130,13 @@ class TorchLogits:
 
 
 class OnnxLogits:
-    def __init__(self, path: Path) -> None:
-        from qa.embedding import onnx_session
+    """The exported model as `Logits`: an ONNX Runtime session over the file at `path`.
 
+    No lock: a session runs calls from several threads at once. It is fed only the inputs the
+    exported graph has (a model without token types takes none).
+    """
+
+    def __init__(self, path: Path) -> None:
         self.session = onnx_session(path)
         self.inputs = [i.name for i in self.session.get_inputs()]
 
@@ -226,7 +146,11 @@ class OnnxLogits:
 
 
 class MeanLogits:
-    """An ensemble: the members' start and end logits, averaged."""
+    """An ensemble as one `Logits`: the members' start and end logits, averaged.
+
+    The members read the same inputs, so they must share one tokenization (`SpanReader` refuses
+    an ensemble whose tokenizers differ); it is as safe across threads as its members are.
+    """
 
     def __init__(self, members: list[Logits]) -> None:
         self.members = members
@@ -236,17 +160,9 @@ class MeanLogits:
         return np.mean([s for s, _ in outs], axis=0), np.mean([e for _, e in outs], axis=0)
 
 
-def member_names(reader_model: str) -> list[str]:
-    """`Config.reader_model` as the models it names; "" stands for the shipped reader."""
-    names = [n.strip() for n in reader_model.split(",")] if reader_model else [""]
-    return ["" if n == "shipped" else n for n in names]
-
-
 def onnx_logits(model, sources: list[Path], cache: Path, quantize: bool) -> OnnxLogits:
     """The QA model exported to ONNX (int8 with `quantize`) once, under `cache`, keyed by its files."""
     import torch
-
-    from qa.embedding import cached_onnx, export_onnx, files_key
 
     class QA(torch.nn.Module):
         def __init__(self, model) -> None:
@@ -262,46 +178,6 @@ def onnx_logits(model, sources: list[Path], cache: Path, quantize: bool) -> Onnx
     return OnnxLogits(path)
 
 
-#: What stands between two contexts packed into one text.
-JOINER = " "
-
-
-def read_spans(logits: Logits, tokenizer, question: str, contexts: list[str], max_len: int, stride: int, max_tokens: int, batch: int = 16):
-    """All candidate spans of `contexts`, best first.
-
-    The contexts are read as one text after the question (in overlapping windows only past
-    `max_len`), not one window each: the question once and no padding, and the model weighs the
-    contexts against each other. On the calibration fold that read 27% faster and 0.011 (gold) and
-    0.016 (open) F1 better than a window each (docs/reader.md). No span crosses from one context
-    into the next; each span's offsets are in its own context's text.
-    """
-    if not contexts:
-        return []
-    breaks = list(itertools.accumulate((len(t) + len(JOINER) for t in contexts[:-1]), initial=0))
-    enc = encode(tokenizer, question, [JOINER.join(contexts)], max_len, stride)
-    windows = len(enc.pop("overflow_to_sample_mapping"))
-    offsets = enc.pop("offset_mapping").tolist()
-    inputs = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    if "token_type_ids" not in inputs:
-        inputs["token_type_ids"] = np.zeros_like(inputs["input_ids"])
-    starts, ends = [], []
-    for i in range(0, windows, batch):
-        start, end = logits({k: v[i : i + batch] for k, v in inputs.items()})
-        starts.append(start)
-        ends.append(end)
-    start_logits, end_logits = np.concatenate(starts), np.concatenate(ends)
-    spans: list[Span] = []
-    per_window = 2 * len(contexts)  # as many spans as a window each would give
-    for w in range(windows):
-        seq_ids = enc.sequence_ids(w)
-        found = best_spans(start_logits[w], end_logits[w], seq_ids, offsets[w], max_tokens, per_window=per_window, breaks=breaks)
-        for a, b, logit in found:
-            c = bisect.bisect_right(breaks, a) - 1
-            spans.append(Span(c, a - breaks[c], b - breaks[c], logit))
-    spans.sort(key=lambda s: -s.logit)
-    return spans
-
-
 # --------------------------------------------------------------------------------------- reader
 
 
@@ -314,6 +190,18 @@ class _Context:
 
 
 class SpanReader:
+    """Answers as spans of the retrieved passages' text, read by an extractive QA model (or an ensemble).
+
+    In the order below: `contexts` picks the retrieved passages' best sentences within
+    `span_context_tokens`; `logits` is the model on the configured backend; `candidates` decodes
+    its spans (`read_spans`) and weighs them by their passage's retrieval; `read` keeps those whose
+    calibrated probability reaches `answer_threshold` (a why-question may go to the sentence
+    reader instead, as `why_reader` says).
+
+    One reader serves all the service's threads and keeps no state of a question. The models, and
+    their ONNX export the first time, load on first use: `warm` pays for that before questions do.
+    """
+
     def __init__(self, config: Config, model=None, tokenizer=None) -> None:
         if config.reader_precision not in PRECISIONS:
             raise ValueError(f"reader precision {config.reader_precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -347,37 +235,16 @@ class SpanReader:
     def tokenizer(self):
         return self._members[0][1]
 
-    def warm(self) -> None:
-        self.logits  # the model, and its ONNX export the first time: seconds, not for a question to pay
-
-    @cached_property
-    def logits(self) -> Logits:
-        members = [self._logits(name, model) for name, (model, _) in zip(member_names(self.config.reader_model), self._members)]
-        return members[0] if len(members) == 1 else MeanLogits(members)
-
-    def _logits(self, name: str, model) -> Logits:
-        """ONNX Runtime for the ONNX backends (the shipped reader, or a model in a local folder),
-        else torch; a model the exporter cannot trace also runs on torch."""
-        sources = _sources(name)
-        if self.config.backend.startswith("onnx") and sources:
-            try:
-                return onnx_logits(
-                    model,
-                    sources,
-                    self.config.cache,
-                    quantize=self.config.backend == "onnx-int8" and self.config.reader_precision == "int8",
-                )
-            except Exception as exc:  # noqa: BLE001 - any exporter failure: the torch model still reads
-                log.warning("span reader stays on torch: ONNX export failed (%s)", exc)
-        return TorchLogits(model, self.config.reader_threads)
-
     @property
     def max_len(self) -> int:
         limit = min(getattr(model.config, "max_position_embeddings", 512) for model, _ in self._members)
         return min(self.config.span_max_len, limit)
 
+    def warm(self) -> None:
+        self.logits  # the model, and its ONNX export the first time: seconds, not for a question to pay
+
     def contexts(
-        self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
+        self, question: str, question_vector: np.ndarray, index: Index, hits: list[Hit], rows: dict[int, PassageRow]
     ) -> list[_Context]:
         """The best sentences of the retrieved passages, up to the token budget, as contiguous stretches."""
         hits = [h for h in hits if h.passage_id in rows][: self.config.read_passages]
@@ -432,48 +299,29 @@ class SpanReader:
                     run.append(j)
         return out
 
-    def read(
-        self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
-    ) -> list[Answer]:
-        if is_why(question):
-            # Why-questions go to the readers `why_reader` names, in turn, until one answers: the
-            # span head answers most of them better, the sentence reader's reason clauses cover
-            # what it withholds (docs/reader.md).
-            for name in self.config.why_reader.split(","):
-                read = self.why_reader.read if name.strip() == "sentence" else self._read_spans
-                if answers := read(question, question_vector, index, hits, rows):
-                    return answers
-            return []
-        return self._read_spans(question, question_vector, index, hits, rows)
-
-    def _read_spans(
-        self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
-    ) -> list[Answer]:
-        answers: list[Answer] = []
-        for answer, features in self.candidates(question, question_vector, index, hits, rows):
-            if len(answers) >= self.config.max_answers:
-                break
-            score = self.calibration.probability(*features)
-            if score >= self.config.answer_threshold:
-                answers.append(answer.model_copy(update={"score": round(score, 4)}))
-        return answers
-
     @cached_property
-    def calibration(self) -> Calibration:
-        """The shipped reader's calibration fitted at this reader's settings (the defaults' when there
-        is none for them, with a warning); another model's scores stay sigmoid(logit)."""
-        calibration = Calibration.load(WEIGHTS if member_names(self.config.reader_model) == [""] else None, self.config)
-        for name, (fitted, now) in calibration.stale_settings(self.config).items():
-            log.warning(
-                "answer scores were fitted with %s=%s, not %s: they are not probabilities now (refit: make train-reader's calibrate step)",
-                name,
-                fitted,
-                now,
-            )
-        return calibration
+    def logits(self) -> Logits:
+        members = [self._logits(name, model) for name, (model, _) in zip(member_names(self.config.reader_model), self._members)]
+        return members[0] if len(members) == 1 else MeanLogits(members)
+
+    def _logits(self, name: str, model) -> Logits:
+        """ONNX Runtime for the ONNX backends (the shipped reader, or a model in a local folder),
+        else torch; a model the exporter cannot trace also runs on torch."""
+        sources = _sources(name)
+        if self.config.backend.startswith("onnx") and sources:
+            try:
+                return onnx_logits(
+                    model,
+                    sources,
+                    self.config.cache,
+                    quantize=self.config.backend == "onnx-int8" and self.config.reader_precision == "int8",
+                )
+            except Exception as exc:  # noqa: BLE001 - any exporter failure: the torch model still reads
+                log.warning("span reader stays on torch: ONNX export failed (%s)", exc)
+        return TorchLogits(model, self.config.reader_threads)
 
     def candidates(
-        self, question: str, question_vector: np.ndarray, index: IndexVersion, hits: list[Hit], rows: dict[int, PassageRow]
+        self, question: str, question_vector: np.ndarray, index: Index, hits: list[Hit], rows: dict[int, PassageRow]
     ) -> list[tuple[Answer, tuple[float, float, float]]]:
         """Distinct spans, best first, each with its calibration features (logit, gap, retrieval)."""
         contexts = self.contexts(question, question_vector, index, hits, rows)
@@ -514,14 +362,45 @@ class SpanReader:
             out.append((make_answer(row, start, end, s_start, s_end, score), features))
         return out
 
+    @cached_property
+    def calibration(self) -> Calibration:
+        """The shipped reader's calibration fitted at this reader's settings (the defaults' when there
+        is none for them, with a warning); another model's scores stay sigmoid(logit)."""
+        calibration = Calibration.load(WEIGHTS if member_names(self.config.reader_model) == [""] else None, self.config)
+        for name, (fitted, now) in calibration.stale_settings(self.config).items():
+            log.warning(
+                "answer scores were fitted with %s=%s, not %s: they are not probabilities now (refit: make train-reader's calibrate step)",
+                name,
+                fitted,
+                now,
+            )
+        return calibration
 
-def _sources(name: str) -> list[Path]:
-    """The local files a model is made of (what its exported ONNX file is keyed on); "" is the shipped reader."""
-    if not name:
-        meta = json.loads((WEIGHTS / META_FILE).read_text())
-        return [WEIGHTS, Path(resolve_model(meta["base_model"]))]
-    folder = Path(resolve_model(name))
-    return [folder] if folder.is_dir() else []
+    def read(
+        self, question: str, question_vector: np.ndarray, index: Index, hits: list[Hit], rows: dict[int, PassageRow]
+    ) -> list[Answer]:
+        if is_why(question):
+            # Why-questions go to the readers `why_reader` names, in turn, until one answers: the
+            # span head answers most of them better, the sentence reader's reason clauses cover
+            # what it withholds (docs/reader.md).
+            for name in self.config.why_reader.split(","):
+                read = self.why_reader.read if name.strip() == "sentence" else self._read_spans
+                if answers := read(question, question_vector, index, hits, rows):
+                    return answers
+            return []
+        return self._read_spans(question, question_vector, index, hits, rows)
+
+    def _read_spans(
+        self, question: str, question_vector: np.ndarray, index: Index, hits: list[Hit], rows: dict[int, PassageRow]
+    ) -> list[Answer]:
+        answers: list[Answer] = []
+        for answer, features in self.candidates(question, question_vector, index, hits, rows):
+            if len(answers) >= self.config.max_answers:
+                break
+            score = self.calibration.probability(*features)
+            if score >= self.config.answer_threshold:
+                answers.append(answer.model_copy(update={"score": round(score, 4)}))
+        return answers
 
 
-__all__ = ["SpanReader", "MeanLogits", "load_qa_model", "read_spans", "encode", "best_spans", "WEIGHTS"]
+__all__ = ["SpanReader", "TorchLogits", "OnnxLogits", "MeanLogits", "load_qa_model", "member_names", "WEIGHTS"]

@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from training.retrieval import DATA, eval_sets
+from training.common import DATA
+from training.retrieval import eval_sets
 
 
 def batch_logits(model, tokenizer, questions: list[str], texts: list[str]):

@@ -23,7 +23,8 @@ import numpy as np
 
 from qa.config import Config
 from qa.metrics import read_jsonl
-from training.retrieval import DATA, eval_sets
+from training.common import DATA
+from training.retrieval import eval_sets
 
 THRESHOLDS = (1.01, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9)
 

@@ -1,4 +1,4 @@
-"""The SQLite store of one index version: documents, passages and sentences (BM25 is qa/lexical.py)."""
+"""The SQLite store of one index version: documents, passages and sentences (BM25 is qa/index/lexical.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from qa.index.base import PassageRow, SentenceRow
 from qa.models import Document, Filters, Passage
 
 SCHEMA = """
@@ -40,28 +41,6 @@ CREATE TABLE IF NOT EXISTS sentences (
 );
 CREATE INDEX IF NOT EXISTS sentences_passage ON sentences(passage_id);
 """
-
-
-@dataclass
-class PassageRow:
-    id: int
-    document_id: str
-    ordinal: int
-    start: int
-    end: int
-    text: str
-    title: str
-    date: str | None
-    url: str | None
-    source: str | None
-
-
-@dataclass
-class SentenceRow:
-    id: int
-    passage_id: int
-    start: int
-    end: int
 
 
 class Store:

@@ -1,5 +1,6 @@
-"""The full-SQuAD recipe (training/squad_reader.py) on a tiny data set written here: its windows, its
-hard negatives, and a run that resumes from its checkpoint to the same weights as an unbroken one."""
+"""The span reader's recipe (training/squad_reader.py) on the tiny data set of tests/training/fixtures.py:
+its windows, cut at the sentences the service splits, its hard negatives, and a run that resumes from
+its checkpoint to the same weights as an unbroken one."""
 
 from __future__ import annotations
 
@@ -7,59 +8,9 @@ import json
 import random
 from pathlib import Path
 
-import pytest
-
-from training.squad_reader import build_examples, calibration_fold, cmd_train, featurize, load_questions, parser, swap_key_term
-
-ARTICLES = {
-    "Harbour_of_Quillport": [
-        "The harbour of Quillport opened in 1887. It was rebuilt after the storm of 1953. "
-        "Its first master was Edith Varley. Ships from Pelham unload timber there every spring.",
-        "In 1990 the harbour handled 4,200 ships. Trade fell after the bridge to Ostwick opened in 1998.",
-    ],
-    "Kites_of_Harlow": [
-        "Harlow counted 212 red kites in 2019 and 340 in 2021. The survey is led by Tomas Brenner.",
-        "Red kites nest in the beech woods north of Harlow. Brenner's team rings the chicks in June.",
-    ],
-}
-QUESTIONS = [
-    ("Harbour_of_Quillport", 0, "When did the harbour of Quillport open?", "1887"),
-    ("Harbour_of_Quillport", 0, "Who was the first master of the harbour?", "Edith Varley"),
-    ("Harbour_of_Quillport", 1, "How many ships did the harbour handle in 1990?", "4,200"),
-    ("Harbour_of_Quillport", 1, "When did the bridge to Ostwick open?", "1998"),
-    ("Kites_of_Harlow", 0, "How many red kites did Harlow count in 2019?", "212"),
-    ("Kites_of_Harlow", 0, "Who leads the survey in Harlow?", "Tomas Brenner"),
-    ("Kites_of_Harlow", 1, "Where do red kites nest near Harlow?", "in the beech woods north of Harlow"),
-    ("Kites_of_Harlow", 1, "When does Brenner's team ring the chicks?", "June"),
-]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    (root / "squad11_train").mkdir()
-    (root / "realtimeqa_2020_2021").mkdir()
-    assert not any(calibration_fold(t) for t in ARTICLES)  # all of them train
-    paragraphs, questions = [], []
-    for a, (title, texts) in enumerate(ARTICLES.items()):
-        for p, text in enumerate(texts):
-            paragraphs.append({"id": f"t-{a}-{p}", "title": title, "context": text})
-    for k, (title, p, question, answer) in enumerate(QUESTIONS):
-        a = list(ARTICLES).index(title)
-        context = ARTICLES[title][p]
-        questions.append(
-            {
-                "id": f"t-{a}-{p}-q{k}",
-                "question": question,
-                "context_id": f"t-{a}-{p}",
-                "answers": [{"text": answer, "answer_start": context.index(answer)}],
-            }
-        )
-    for name, rows in (("paragraphs", paragraphs), ("questions", questions)):
-        (root / "squad11_train" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for name in ("paragraphs", "questions"):
-        (root / "realtimeqa_2020_2021" / f"{name}.jsonl").write_text("")
-    return root
+from qa.passages import sentence_spans
+from tests.training.fixtures import ARTICLES, QUESTIONS
+from training.squad_reader import build_examples, cmd_train, featurize, load_questions, parser, swap_key_term
 
 
 def test_swapping_a_key_term_makes_the_question_unanswerable_from_its_window() -> None:
@@ -168,3 +119,16 @@ def test_a_teachers_span_logits_land_on_the_students_tokens_and_a_distilled_run_
     meta = json.loads((tmp_path / "student" / "reader.json").read_text())
     assert meta["teacher"] == {"model": "shipped", "distill": 0.5, "temperature": 2.0}
     assert (tmp_path / "student" / "top_layers.safetensors").exists()
+
+
+def test_windows_are_cut_at_the_sentence_boundaries_the_service_splits_passages_at(data: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from qa.embedding import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2"))
+    args = parser().parse_args(["train", "--out", "unused", "--same-paragraph", "1", "--other-paragraph", "1", "--context-tokens", "24"])
+    examples = build_examples(load_questions(data, "train"), tokenizer, args, random.Random(3))
+    cuts = [(text, sentence_spans(text)) for texts in ARTICLES.values() for text in texts]
+    for e in examples:  # each window is a run of whole sentences of one paragraph, as qa.passages splits it
+        assert any(text[a:b] == e["context"] for text, spans in cuts for a, _ in spans for _, b in spans), e["context"]

@@ -15,9 +15,7 @@ ranking of the passages that remain does not depend on it much.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import threading
 import unicodedata
 from collections.abc import Iterable
@@ -26,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import Stemmer
+
+from qa.index.layers import keeps_base, load_ids, removed_after, save_ids, share
 
 #: BM25's term-frequency saturation and length normalisation (the usual values; FTS5's too).
 K1 = 1.2
@@ -170,10 +170,7 @@ class Segment:
     def link(self, source: Path, path: Path) -> None:
         """The base of the next version is this one's, unchanged: share the files."""
         for p in PARTS:
-            try:
-                os.link(_part(source, p), _part(path, p))
-            except OSError:
-                shutil.copy2(_part(source, p), _part(path, p))
+            share(_part(source, p), _part(path, p))
 
     def postings(self, term: bytes) -> tuple[np.ndarray, np.ndarray]:
         t = int(np.searchsorted(self.terms, term))
@@ -216,7 +213,7 @@ class LexicalIndex:
         return cls(
             Segment.load(path),
             Segment.load(delta) if _part(delta, "ids").exists() else Segment.empty(),
-            np.load(removed) if removed.exists() else np.zeros(0, np.int64),
+            load_ids(removed),
             delta_fraction,
             path,
         )
@@ -270,7 +267,7 @@ class LexicalIndex:
         in_delta = np.isin(ids, self.delta.ids)
         if in_delta.any():
             self.delta = Segment.from_postings(*self.delta.triples(~np.isin(self.delta.ids, ids)))
-        self.removed = np.union1d(self.removed, ids[~in_delta])
+        self.removed = removed_after(self.removed, ids, in_delta)
         self._refresh()
 
     def add(self, passages: list[tuple[int, str, str]]) -> None:
@@ -303,12 +300,10 @@ class LexicalIndex:
 
     def save(self, path: Path) -> None:
         """Writes this version's files: links the base and writes the delta, or merges them."""
-        changes = len(self.removed) + len(self.delta)
-        if self.source is not None and changes <= self.delta_fraction * len(self.base):
+        if keeps_base(self.source, len(self.removed) + len(self.delta), len(self.base), self.delta_fraction):
             self.base.link(self.source, path)
             self.delta.save(_beside(path, ".delta"))
-            with open(_beside(path, REMOVED), "wb") as fh:
-                np.save(fh, self.removed)
+            save_ids(_beside(path, REMOVED), self.removed)
             return
         self._merged().save(path)
 

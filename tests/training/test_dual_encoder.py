@@ -7,12 +7,11 @@ import json
 from pathlib import Path
 
 from qa.embedding import ENCODER_FILE
-from tests.test_retrieval_training import NEWS, data  # noqa: F401  (the fixture)
-from tests.test_squad_reader import ARTICLES, QUESTIONS
+from tests.training.fixtures import ARTICLES, NEWS, QUESTIONS
 from training.dual_encoder import META_FILE, batches, main
 
 
-def test_each_question_points_at_the_passage_and_sentence_that_hold_its_answer(data: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_each_question_points_at_the_passage_and_sentence_that_hold_its_answer(data: Path, tmp_path: Path) -> None:
     main(["--data", str(data), "--work", str(tmp_path), "prepare"])
     passages = json.loads((tmp_path / "passages.json").read_text())
     rows = json.loads((tmp_path / "questions.json").read_text())
@@ -39,7 +38,7 @@ def test_a_batch_holds_chunks_of_one_article_and_an_epoch_sees_every_passage() -
     assert epoch == batches(passages, 0, 13, 3, 2, 2) and epoch != batches(passages, 1, 13, 3, 2, 2)
 
 
-def test_a_killed_run_resumes_to_the_weights_of_an_unbroken_one(data: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_killed_run_resumes_to_the_weights_of_an_unbroken_one(data: Path, tmp_path: Path) -> None:
     import torch
     from safetensors.torch import load_file
     from sentence_transformers import SentenceTransformer
@@ -74,41 +73,3 @@ def test_a_killed_run_resumes_to_the_weights_of_an_unbroken_one(data: Path, tmp_
     model = SentenceTransformer(str(tmp_path / "model"), device="cpu")
     k = "encoder.layer.5.output.dense.weight"
     assert torch.allclose(model[0].auto_model.state_dict()[k], one[k].float(), atol=1e-3)
-
-
-def test_the_default_model_is_the_bundled_one_with_the_shipped_layers_and_asks_for_a_rebuild(sample_config, embedder) -> None:
-    """An index of the published model is refused by the trained default (its vectors live in
-    another space) with the way out, and `qa index --rebuild` moves the corpus over."""
-    import numpy as np
-    import pytest
-    from safetensors.numpy import load_file
-
-    from qa.config import BUNDLED_MODEL, DEFAULT_MODEL
-    from qa.embedding import RETRIEVER_WEIGHTS, Embedder, resolve_model
-    from qa.index import IndexMismatch, build_index, open_index
-    from qa.index.version import version_dir
-
-    assert sample_config.model == DEFAULT_MODEL and embedder.name == DEFAULT_MODEL
-    folder, base = Path(embedder.path), Path(resolve_model(BUNDLED_MODEL))
-    assembled, bundled = load_file(str(folder / "model.safetensors")), load_file(str(base / "model.safetensors"))
-    shipped = load_file(str(RETRIEVER_WEIGHTS / ENCODER_FILE))
-    k = "encoder.layer.3.attention.self.query.weight"
-    assert np.array_equal(assembled[k], shipped[k].astype(np.float32)) and not np.array_equal(assembled[k], bundled[k])
-    assert np.array_equal(assembled["embeddings.word_embeddings.weight"], bundled["embeddings.word_embeddings.weight"])
-
-    published = Embedder.from_config(sample_config.replace(model=BUNDLED_MODEL))
-    question = "Why did IBM partner with Inspur?"
-    assert float((published.embed([question]) @ embedder.embed([question]).T)[0, 0]) < 0.99  # another vector space
-
-    old = build_index(sample_config.replace(model=BUNDLED_MODEL), published)
-    # An index of the published model from before weight hashes were recorded still opens with it.
-    manifest = version_dir(sample_config.index, old.version) / "manifest.json"
-    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "model_version"}))
-    open_index(sample_config.replace(model=BUNDLED_MODEL)).close()
-    with pytest.raises(IndexMismatch, match=rf"built with model '{BUNDLED_MODEL}'.*qa index --rebuild"):
-        open_index(sample_config)
-    moved = build_index(sample_config, embedder, rebuild=True)
-    assert moved.added == 1
-    index = open_index(sample_config)
-    assert index.manifest.model == DEFAULT_MODEL
-    index.close()

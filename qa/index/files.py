@@ -1,0 +1,137 @@
+"""The files engine: a published version is a folder `index/vNNNNNN/`, named by `index/CURRENT`.
+
+A version holds the SQLite store (`store.py`), the passage and sentence vectors (`vectors.py`,
+FAISS) and BM25's postings (`lexical.py`), and its manifest. It is written whole by a build
+(`build.py`) and never changed after, so readers open it without locks.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from qa.config import Config
+from qa.index.base import Candidates, IndexDamaged, Manifest, NoIndex, check_manifest
+from qa.index.lexical import LexicalIndex
+from qa.index.store import Store
+from qa.index.vectors import VectorIndex
+from qa.models import Filters
+
+CURRENT = "CURRENT"
+MANIFEST = "manifest.json"
+STORE = "store.sqlite"
+PASSAGE_VECTORS = "passages.faiss"
+SENTENCE_VECTORS = "sentences.faiss"
+LEXICAL = "lexical"
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The manifest of the version in folder `path`."""
+    try:
+        return Manifest.parse(json.loads((path / MANIFEST).read_text()))
+    except FileNotFoundError as exc:
+        raise IndexDamaged(f"{path} has no manifest: run `qa index --rebuild`") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IndexDamaged(f"{path / MANIFEST} is damaged: run `qa index --rebuild`") from exc
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    (path / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2))
+
+
+def current_version(index_dir: Path) -> int | None:
+    try:
+        name = (index_dir / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not name.startswith("v") or not name[1:].isdigit():
+        raise IndexDamaged(f"{index_dir / CURRENT} is damaged ({name[:40]!r}): run `qa index --rebuild`")
+    return int(name[1:])
+
+
+def version_dir(index_dir: Path, version: int) -> Path:
+    return index_dir / f"v{version:06d}"
+
+
+class FilesIndex:
+    """One published version of the files engine, opened read-only (the `Index` protocol).
+
+    Immutable once published, so any number of threads can read it while the next version is
+    built; opening checks that it matches the configured model and that its parts agree.
+    """
+
+    def __init__(self, path: Path, config: Config) -> None:
+        self.path = path
+        # A question is one vector: OpenMP's threads only add a hand-off to each search, which on a
+        # busy machine costs more than the search; concurrency comes from requests.
+        faiss.omp_set_num_threads(1)
+        self.manifest = read_manifest(path)
+        check_manifest(self.manifest, config)
+        try:
+            self.passage_vectors = VectorIndex.load(path / PASSAGE_VECTORS, config)
+            self.sentence_vectors = VectorIndex.load(path / SENTENCE_VECTORS, config)
+            self.lexical = LexicalIndex.load(path / LEXICAL, config.vector_delta_fraction)
+            self.store = Store(path / STORE, readonly=True)
+            counts = self.store.counts()
+        except (RuntimeError, OSError, ValueError, sqlite3.DatabaseError) as exc:
+            raise IndexDamaged(f"index version {path.name} is damaged ({exc}): run `qa index --rebuild`") from exc
+        if (
+            self.passage_vectors.ntotal != self.manifest.passages
+            or self.sentence_vectors.ntotal != self.manifest.sentences
+            or counts["passages"] != self.manifest.passages
+            or self.lexical.count != self.manifest.passages
+            or self.passage_vectors.d != self.manifest.dimension
+        ):
+            raise IndexDamaged(f"index version {path.name} is inconsistent: run `qa index --rebuild`")
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    def candidates(self, question_vector: np.ndarray, question: str, n: int, filters: Filters | None) -> Candidates:
+        """The three rankings fusion starts from, each best first, restricted by `filters`."""
+        q = question_vector.reshape(1, -1).astype(np.float32)
+        passage_params = sentence_params = allowed = None
+        if filters is not None and not filters.empty():
+            allowed_p = self.store.filtered_passage_ids(filters)
+            if not allowed_p:
+                return Candidates([], [], [])
+            allowed = np.asarray(allowed_p, dtype=np.int64)
+            passage_params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+            allowed_s = self.store.filtered_sentence_ids(filters)
+            sentence_params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed_s, dtype=np.int64)))
+        dense = _search(self.passage_vectors, q, n, passage_params)
+        by_sentence: dict[int, float] = {}
+        sent_hits = _search(self.sentence_vectors, q, n * 3, sentence_params)
+        owners = self.store.sentence_passages([sid for sid, _ in sent_hits])
+        for sid, score in sent_hits:
+            pid = owners.get(sid)
+            if pid is not None and pid not in by_sentence:
+                by_sentence[pid] = score
+        return Candidates(dense, list(by_sentence.items()), self.lexical.search(question, n, allowed))
+
+    def sentence_embeddings(self, sentence_ids: list[int]) -> np.ndarray:
+        """The stored vectors of these sentences, one row each, in order."""
+        return np.vstack([self.sentence_vectors.reconstruct(int(i)) for i in sentence_ids])
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _search(index: VectorIndex, q: np.ndarray, n: int, params) -> list[tuple[int, float]]:
+    if index.ntotal == 0:
+        return []
+    scores, ids = index.search(q, min(n, index.ntotal), params=params) if params else index.search(q, min(n, index.ntotal))
+    return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+
+
+def open_files_index(config: Config) -> FilesIndex:
+    """The version `config.index/CURRENT` names."""
+    version = current_version(config.index)
+    if version is None:
+        raise NoIndex(f"no index yet in {config.index}: run `qa index`")
+    return FilesIndex(version_dir(config.index, version), config)
