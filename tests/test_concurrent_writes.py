@@ -20,7 +20,7 @@ from qa.corpus import read_corpus
 from qa.embedding import Embedder
 from qa.index import build_index, open_index
 from qa.service import create_app
-from qa.updates import PENDING, IndexManager
+from qa.updates import PENDING, CorpusWriter, recover
 from tests.conftest import ThreadServer, write_article
 
 STRESS = os.environ.get("QA_STRESS") == "1"
@@ -163,10 +163,10 @@ def test_writes_arriving_during_a_full_rebuild(sample_config, embedder: Embedder
 def test_recover_settles_every_state_a_killed_write_leaves(sample_config, embedder: Embedder) -> None:
     """Each crash point of a write, made by hand: staged and published, staged only, tombstones either side."""
     build_index(sample_config, embedder)
-    manager = IndexManager(sample_config, embedder)
+    writer = CorpusWriter(sample_config, embedder)
     pending = sample_config.corpus / PENDING
     sample = next(sample_config.corpus.glob("*.txt"))
-    manager.add_text("Bridge opens", "The new bridge at Quillport opened to traffic on Friday morning.", "bridge")
+    writer.add_text("Bridge opens", "The new bridge at Quillport opened to traffic on Friday morning.", "bridge")
     # Killed after the index was published, before the file moved: the file must follow the index.
     bridge = sample_config.corpus / "bridge.json"
     pending.mkdir(exist_ok=True)
@@ -177,13 +177,13 @@ def test_recover_settles_every_state_a_killed_write_leaves(sample_config, embedd
     (pending / f"0e3f.{sample.name}.delete").write_text(json.dumps({"ids": [sample.name]}))
     # A staging write cut short.
     (pending / ".0f4a.x.json.tmp").write_text("{")
-    manager.recover()
+    recover(sample_config)
     assert bridge.exists() and sample.exists() and not (sample_config.corpus / "ferry.json").exists()
     corpus_matches_index(sample_config)
 
     # A delete killed after publishing, before the file went: the file goes too.
     build_index(sample_config, embedder, deletes=["bridge"], upserts=[])
     (pending / "1a2b.bridge.json.delete").write_text(json.dumps({"ids": ["bridge"]}))
-    manager.recover()
+    recover(sample_config)
     assert not bridge.exists()
     corpus_matches_index(sample_config)

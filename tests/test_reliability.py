@@ -311,5 +311,5 @@ def test_rebuild_requested_while_one_runs_is_refused(sample_config, embedder):
         assert c.post("/api/index/rebuild", headers=AUTH, json={"full": True}).status_code == 202
         second = c.post("/api/index/rebuild", headers=AUTH, json={"full": True})
         assert second.status_code == 409 and "already running" in second.json()["detail"]
-        c.app.state.manager.wait()
+        c.app.state.rebuilds.wait()
         assert c.get("/api/index/status").json()["phase"] == "done"

@@ -252,9 +252,11 @@ def _published_hashes(config: Config) -> dict[str, str]:
             return {}
         store = Store(version_dir(config.index, version) / STORE, readonly=True)
     except (IndexDamaged, OSError, sqlite3.DatabaseError):
-        return {}
+        return {}  # nothing readable is served: nothing to guard
     try:
         return store.document_hashes()
+    except sqlite3.DatabaseError:
+        return {}
     finally:
         store.close()
 

@@ -369,7 +369,8 @@ class SpanReader:
         calibration = Calibration.load(WEIGHTS if member_names(self.config.reader_model) == [""] else None, self.config)
         for name, (fitted, now) in calibration.stale_settings(self.config).items():
             log.warning(
-                "answer scores were fitted with %s=%s, not %s: they are not probabilities now (refit: make train-reader's calibrate step)",
+                "answer scores were fitted with %s=%s, not %s: they are not probabilities now "
+                "(refit: python -m training.calibrate fit --out DIR)",
                 name,
                 fitted,
                 now,

@@ -1,4 +1,4 @@
-"""`create_app`: one pipeline and one index manager per process, the routers, and the error handlers."""
+"""`create_app`: one pipeline, corpus writer and rebuild runner per process, the routers, and the error handlers."""
 
 from __future__ import annotations
 
@@ -19,15 +19,17 @@ from qa.pipeline import Pipeline
 from qa.service.metrics import Metrics, RequestMetrics
 from qa.service.middleware import BodyLimit
 from qa.service.routes import answers, documents, health, index, pages
-from qa.updates import IndexManager, UpdateError
+from qa.updates import CorpusWriter, Rebuilds, WriteRejected, recover
+
+#: The HTTP status of each kind of rejected write.
+REJECTED_STATUS = {"invalid": 422, "unsupported": 415, "missing": 404, "conflict": 409, "busy": 409}
 
 
 def create_app(config: Config | None = None, embedder: Embedder | None = None) -> FastAPI:
     config = config or Config.load()
     embedder = embedder or Embedder.from_config(config)
     pipeline = Pipeline(config, embedder)
-    manager = IndexManager(config, embedder)
-    manager.recover()
+    recover(config)  # writes a crash cut short, settled before serving
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -44,7 +46,8 @@ def create_app(config: Config | None = None, embedder: Embedder | None = None) -
         version=__version__,
         description="Extractive answers from news articles: verbatim spans with offsets, scores and sources.",
     )
-    app.state.config, app.state.pipeline, app.state.manager = config, pipeline, manager
+    app.state.config, app.state.pipeline = config, pipeline
+    app.state.writer, app.state.rebuilds = CorpusWriter(config, embedder), Rebuilds(config, embedder)
     app.state.metrics, app.state.models_loaded = Metrics(), False
     app.state.templates = Jinja2Templates(directory=str(config.web / "templates"))
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
@@ -73,9 +76,9 @@ def add_error_handlers(app: FastAPI) -> None:
     async def index_problem(_: Request, exc: IndexProblem) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
-    @app.exception_handler(UpdateError)
-    async def update_error(_: Request, exc: UpdateError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+    @app.exception_handler(WriteRejected)
+    async def write_rejected(_: Request, exc: WriteRejected) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=REJECTED_STATUS[exc.kind])
 
 
 def _where(loc: tuple) -> str:

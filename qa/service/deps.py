@@ -1,4 +1,4 @@
-"""What routes depend on, as `Annotated` dependencies: the app's one pipeline and index manager."""
+"""What routes depend on, as `Annotated` dependencies: the app's one pipeline, corpus writer and rebuilds."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fastapi.templating import Jinja2Templates
 from qa.config import Config
 from qa.pipeline import Pipeline
 from qa.service.metrics import Metrics
-from qa.updates import IndexManager
+from qa.updates import CorpusWriter, Rebuilds
 
 
 def get_config(request: Request) -> Config:
@@ -22,8 +22,12 @@ def get_pipeline(request: Request) -> Pipeline:
     return request.app.state.pipeline
 
 
-def get_manager(request: Request) -> IndexManager:
-    return request.app.state.manager
+def get_writer(request: Request) -> CorpusWriter:
+    return request.app.state.writer
+
+
+def get_rebuilds(request: Request) -> Rebuilds:
+    return request.app.state.rebuilds
 
 
 def get_metrics(request: Request) -> Metrics:
@@ -36,7 +40,8 @@ def get_templates(request: Request) -> Jinja2Templates:
 
 ConfigDep = Annotated[Config, Depends(get_config)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
-ManagerDep = Annotated[IndexManager, Depends(get_manager)]
+WriterDep = Annotated[CorpusWriter, Depends(get_writer)]
+RebuildsDep = Annotated[Rebuilds, Depends(get_rebuilds)]
 TemplatesDep = Annotated[Jinja2Templates, Depends(get_templates)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 

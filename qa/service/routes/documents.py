@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from qa.service.deps import ApiKey, ManagerDep, PipelineDep
+from qa.service.deps import ApiKey, PipelineDep, WriterDep
 from qa.service.schemas import (
     ARTICLE_BODY,
     ArticleIn,
@@ -19,7 +19,7 @@ from qa.service.schemas import (
     Saved,
     SavedDocument,
 )
-from qa.updates import IndexManager
+from qa.updates import CorpusWriter
 
 router = APIRouter(prefix="/api/documents", tags=["documents"])
 
@@ -50,24 +50,24 @@ def document(doc_id: str, pipeline: PipelineDep) -> Document:
     summary="Add or replace an article (JSON, or an uploaded file)",
     openapi_extra=ARTICLE_BODY,
 )
-async def add_document(request: Request, manager: ManagerDep) -> Saved:
+async def add_document(request: Request, writer: WriterDep) -> Saved:
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
         form = await request.form()
         upload = form.get("file")
         if upload is not None and hasattr(upload, "read") and getattr(upload, "filename", ""):
             data = await upload.read()
-            docs, summary = await run_in_threadpool(manager.add_file, upload.filename, data)
+            docs, summary = await run_in_threadpool(writer.add_file, upload.filename, data)
         else:
             fields = {k: v for k, v in form.items() if isinstance(v, str) and v != ""}
-            doc, summary = await run_in_threadpool(_add_article, manager, _article(fields))
+            doc, summary = await run_in_threadpool(_add_article, writer, _article(fields))
             docs = [doc]
     elif kind.startswith("application/json"):
         try:
             article = ArticleIn.model_validate_json(await request.body())
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from exc
-        doc, summary = await run_in_threadpool(_add_article, manager, article)
+        doc, summary = await run_in_threadpool(_add_article, writer, article)
         docs = [doc]
     else:
         raise HTTPException(415, "send JSON ({title, text, ...}) or a multipart form with 'file'")
@@ -77,9 +77,9 @@ async def add_document(request: Request, manager: ManagerDep) -> Saved:
 
 
 @router.delete("/{doc_id:path}", response_model=Deleted, dependencies=[ApiKey], summary="Delete an article")
-async def delete_document(doc_id: str, manager: ManagerDep) -> Deleted:
+async def delete_document(doc_id: str, writer: WriterDep) -> Deleted:
     # Index updates block on embedding and the build lock: they run off the event loop.
-    summary = await run_in_threadpool(manager.delete, doc_id)
+    summary = await run_in_threadpool(writer.delete, doc_id)
     return Deleted(deleted=doc_id, index_version=summary.version)
 
 
@@ -90,5 +90,5 @@ def _article(fields: dict[str, str]) -> ArticleIn:
         raise RequestValidationError(exc.errors()) from exc
 
 
-def _add_article(manager: IndexManager, article: ArticleIn):
-    return manager.add_text(article.title, article.text, article.id, date=article.date, url=article.url, source=article.source)
+def _add_article(writer: CorpusWriter, article: ArticleIn):
+    return writer.add_text(article.title, article.text, article.id, date=article.date, url=article.url, source=article.source)

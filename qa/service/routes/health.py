@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from qa.index import IndexProblem
-from qa.service.deps import ManagerDep, PipelineDep
+from qa.service.deps import PipelineDep, RebuildsDep
 from qa.service.schemas import Liveness, Readiness
 from qa.updates import REBUILD_PHASES
 
@@ -36,13 +36,13 @@ def readyz(request: Request, pipeline: PipelineDep) -> Readiness | JSONResponse:
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics", include_in_schema=True)
-def metrics(request: Request, pipeline: PipelineDep, manager: ManagerDep) -> Response:
+def metrics(request: Request, pipeline: PipelineDep, rebuilds: RebuildsDep) -> Response:
     m = request.app.state.metrics
     try:
         m.index_version.set(pipeline.index().version)
     except IndexProblem:
         m.index_version.set(0)
-    status = manager.status
+    status = rebuilds.status
     m.build_done.set(status.done)
     m.build_total.set(status.total)
     for phase in REBUILD_PHASES:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from qa.index import NoIndex
-from qa.service.deps import ApiKey, ConfigDep, ManagerDep, PipelineDep
+from qa.service.deps import ApiKey, ConfigDep, PipelineDep, RebuildsDep
 from qa.service.schemas import Health, IndexStatus, RebuildRequest
 
 router = APIRouter(prefix="/api", tags=["index"])
@@ -28,11 +28,11 @@ def health(config: ConfigDep, pipeline: PipelineDep) -> Health:
     dependencies=[ApiKey],
     summary="Start a background rebuild (incremental, or full)",
 )
-def rebuild(manager: ManagerDep, request: RebuildRequest | None = None) -> IndexStatus:
-    manager.start_rebuild(full=bool(request and request.full), allow_removals=bool(request and request.allow_removals))
-    return IndexStatus(**manager.status_dict())
+def rebuild(rebuilds: RebuildsDep, request: RebuildRequest | None = None) -> IndexStatus:
+    rebuilds.start(full=bool(request and request.full), allow_removals=bool(request and request.allow_removals))
+    return IndexStatus(**rebuilds.status_dict())
 
 
 @router.get("/index/status", response_model=IndexStatus, summary="Progress of the last background rebuild")
-def index_status(manager: ManagerDep) -> IndexStatus:
-    return IndexStatus(**manager.status_dict())
+def index_status(rebuilds: RebuildsDep) -> IndexStatus:
+    return IndexStatus(**rebuilds.status_dict())
