@@ -110,8 +110,8 @@ class Config:
     milvus_uri: str = setting(
         "", "Unset: files under QA_INDEX; a .db path: Milvus Lite; http://host:19530: a Milvus server (docs/scale-out.md)"
     )
-    milvus_token: str = setting("", "Token of an authenticated Milvus server")
-    milvus_prefix: str = setting("qa", "Prefix of the Milvus collections")
+    milvus_token: str = setting("", "Token of an authenticated Milvus server", tier="engine")
+    milvus_prefix: str = setting("qa", "Prefix of the Milvus collections", tier="engine")
     milvus_index: str = setting(
         "IVF_FLAT",
         "Dense vector index of collections made from now on: IVF_FLAT, FLAT (exact; slower on Milvus Lite) or HNSW (servers)",

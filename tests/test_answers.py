@@ -164,7 +164,7 @@ def test_ask_json_is_the_api_object(sample_index):
         ("", ["x"], 0.0, 0.0),
     ],
 )
-def test_squad_scoring(prediction, gold, em, f1):
+def test_exact_match_and_f1_score_as_squad_does(prediction, gold, em, f1):
     assert exact_match(prediction, gold) == em
     assert f1_score(prediction, gold) == pytest.approx(f1)
     assert normalize_answer("  The  cat, a hat!") == "cat hat"

@@ -139,7 +139,7 @@ def test_upload_a_file(client, api_config):
     assert a["document_id"] == "tidal-power.txt"
 
 
-def test_bad_uploads(client):
+def test_uploads_of_bad_files_are_refused_with_the_reason(client):
     r = client.post("/api/documents", headers=AUTH, files={"file": ("x.exe", b"MZ\x00\x00", "application/octet-stream")})
     assert r.status_code == 415
     r = client.post("/api/documents", headers=AUTH, files={"file": ("x.json", b"{broken", "application/json")})

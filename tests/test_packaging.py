@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,14 @@ def test_readme_table_of_user_settings_is_current() -> None:
     readme = (ROOT / "README.md").read_text()
     assert settings_table("user") in readme
     assert with_settings_table(readme) == readme, "the README's settings table is stale: run `make settings`"
+
+
+def test_readme_is_a_short_guide_whose_links_resolve() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 10_000, "the README is a user's guide of at most 10 KB: move detail to docs/"
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme):
+        if not target.startswith("http"):
+            assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
 
 
 def test_docs_settings_page_is_current() -> None:

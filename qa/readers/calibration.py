@@ -13,8 +13,10 @@ probability that the answer matches a gold answer (SQuAD exact match):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,8 +24,24 @@ import numpy as np
 
 FEATURES = ("logit", "gap", "retrieval")
 CALIBRATION_FILE = "calibration.json"
-# The reader's settings the features depend on: a fit records them, and holds only at them.
-FITTED_SETTINGS = ("span_context_tokens", "span_null_margin")
+# Everything the features depend on: the embedding model and fusion (the retrieval feature, and
+# which passages are read), the reader's budget and the values fitted to its weights (the logit,
+# the gap). A fit records them, and holds only at them: any other value is a stale fit.
+FITTED_SETTINGS = (
+    "model",
+    "fusion",
+    "weight_dense",
+    "weight_sentence",
+    "weight_lexical",
+    "read_passages",
+    "span_context_tokens",
+    "span_max_tokens",
+    "span_null_margin",
+    "span_passage_weight",
+    "span_weight_cosine",
+    "span_weight_overlap",
+    "span_weight_passage",
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +93,12 @@ def file_name(config: object) -> str:
     those settings still scores with a fitted probability."""
     defaults = type(config)()
     changed = [f"{k}={getattr(config, k)}" for k in FITTED_SETTINGS if getattr(config, k) != getattr(defaults, k)]
-    return f"calibration-{'+'.join(changed)}.json" if changed else CALIBRATION_FILE
+    if not changed:
+        return CALIBRATION_FILE
+    name = re.sub(r"[^A-Za-z0-9._=+-]", "_", "+".join(changed))  # a model may be a folder's path
+    if len(name) > 100:
+        name = name[:80] + "-" + hashlib.sha256("+".join(changed).encode()).hexdigest()[:12]
+    return f"calibration-{name}.json"
 
 
 def fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iterations: int = 50) -> tuple[tuple[float, ...], float]:
