@@ -36,11 +36,6 @@ WEIGHTS_FILE = "reranker.safetensors"
 log = logging.getLogger(__name__)
 
 
-def trained_state(model) -> dict:
-    """What ships: the encoder layers, the pooler and the score head (the embeddings are the bundled model's)."""
-    return {k: v for k, v in model.state_dict().items() if k.startswith(("bert.encoder.layer.", "bert.pooler.", "classifier."))}
-
-
 def load_reranker(path: Path = WEIGHTS):
     """(model, tokenizer, max_len): the shipped layers on the bundled model, in eval mode."""
     from transformers import AutoTokenizer, BertForSequenceClassification
@@ -175,4 +170,4 @@ class Reranker:
         return reread + [h for h in hits if h not in head]
 
 
-__all__ = ["Reranker", "load_reranker", "trained_state", "WEIGHTS"]
+__all__ = ["Reranker", "load_reranker", "WEIGHTS"]

@@ -53,14 +53,11 @@ from qa.retriever import Hit
 WEIGHTS = Path(__file__).resolve().parent.parent / "reader_weights"
 META_FILE = "reader.json"
 TOP_FILE = "top_layers.safetensors"
-#: `Config.reader_precision`: the ONNX reader's weights quantised with the embedder's, or kept in fp32.
-PRECISIONS = ("int8", "float")
 #: The MatMuls the int8 reader keeps in fp32: each layer's feed-forward output projection, whose
 #: inputs (after GELU) have the outliers that int8 rounds away (docs/reader.md has the figures).
 FLOAT_MATMULS = r"/layer\.\d+/output/dense/"
 
 _torch_lock = threading.Lock()
-WHY_READERS = ("sentence", "span")
 log = logging.getLogger(__name__)
 
 
@@ -203,12 +200,7 @@ class SpanReader:
     """
 
     def __init__(self, config: Config, model=None, tokenizer=None) -> None:
-        if config.reader_precision not in PRECISIONS:
-            raise ValueError(f"reader precision {config.reader_precision!r} is not one of {', '.join(PRECISIONS)}")
-        names = [n.strip() for n in config.why_reader.split(",")]
-        if not names or any(n not in WHY_READERS for n in names):
-            raise ValueError(f"why reader {config.why_reader!r}: name {' or '.join(WHY_READERS)}, or both in the order to try them")
-        self.config = config
+        self.config = config  # its reader_precision and why_reader were checked by Config
         self.why_reader = SentenceReader(config)
         if model is not None:
             self.__dict__["_members"] = [(model, tokenizer)]
