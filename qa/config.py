@@ -159,6 +159,15 @@ class Config:
         1, "Sentences repeated at the start of the next window of a long paragraph", tier="engine", indexed=True
     )
 
+    # Near-duplicate articles (qa/index/duplicates.py): what is indexed (recorded in the manifest).
+    dedup_threshold: float = setting(
+        0.8,
+        "Articles whose estimated Jaccard similarity (MinHash of 5-word shingles) is at least this are copies of one story, "
+        "clustered under the smallest id (bench/duplicates.py)",
+        tier="engine",
+        indexed=True,
+    )
+
     # Retrieval.
     top_k: int = setting(5, "Passages returned")
     max_top_k: int = setting(50, "Most passages a request may ask for", tier="engine")
@@ -185,6 +194,13 @@ class Config:
     reader: str = setting("span", "span (trained, short exact answers) or sentence (no model, fastest)", choices=("span", "sentence"))
     read_passages: int = setting(8, "Passages the reader looks at", tier="engine")
     max_answers: int = setting(5, "Most answers returned")
+    aggregate: str = setting(
+        "merge",
+        "Span reader: the same answer from several passages becomes one, with its sources: merge (ranked by the best "
+        "occurrence's score), support (ranked by the noisy-OR of independent articles) or off",
+        tier="engine",
+        choices=("merge", "support", "off"),
+    )
     answer_passage_first: float = fitted(
         "Span reader: an answer at least this likely lists its passage first, ahead of the retrieval order (above 1: never)"
     )
@@ -239,6 +255,8 @@ class Config:
         readers = [n.strip() for n in self.why_reader.split(",")]
         if not readers or any(n not in ("span", "sentence") for n in readers) or len(set(readers)) != len(readers):
             raise ValueError(f"QA_WHY_READER: {self.why_reader!r}: name span or sentence, or both in the order to try them")
+        if not 0.0 < self.dedup_threshold <= 1.0:
+            raise ValueError(f"QA_DEDUP_THRESHOLD: {self.dedup_threshold} is not a similarity above 0 and at most 1")
         if not 0.0 <= self.max_remove_fraction <= 1.0:
             raise ValueError(f"QA_MAX_REMOVE_FRACTION: {self.max_remove_fraction} is not a share between 0 and 1")
 

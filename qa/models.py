@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 
 @dataclass
@@ -50,9 +51,44 @@ class Filters(BaseModel):
     source: str | None = None
     date_from: str | None = Field(None, description="ISO date, inclusive")
     date_to: str | None = Field(None, description="ISO date, inclusive")
+    as_of: str | None = Field(
+        None,
+        description="ISO date (YYYY-MM-DD): answer as a reader on that day would. Articles dated after it are left out; "
+        "undated ones stay in (date_to drops them)",
+        examples=["2022-02-05"],
+    )
+
+    @field_validator("as_of")
+    @classmethod
+    def iso_day(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        value = value.strip()
+        try:
+            if len(value) != 10:
+                raise ValueError
+            return dt.date.fromisoformat(value).isoformat()
+        except ValueError:
+            raise ValueError(f"not a date: {value!r}; use YYYY-MM-DD, e.g. 2022-02-05") from None
 
     def empty(self) -> bool:
         return not any(self.model_dump().values())
+
+
+class AnswerSource(BaseModel):
+    """One occurrence of an answer: where a passage says it."""
+
+    document_id: str
+    title: str
+    date: str | None = None
+    url: str | None = None
+    passage_id: int
+    text: str = Field(description="The span as this passage words it")
+    start: int = Field(description="Offset of the span in the passage text")
+    end: int
+    document_start: int = Field(description="Offset of the span in the document text")
+    document_end: int
+    score: float = Field(ge=0.0, le=1.0, description="This occurrence's calibrated probability")
 
 
 class Answer(BaseModel):
@@ -69,6 +105,15 @@ class Answer(BaseModel):
     title: str
     date: str | None = None
     url: str | None = None
+    sources: list[AnswerSource] = Field(
+        default_factory=list,
+        description="Every passage that gives this answer (the same text, or a name with words added), best first; "
+        "the fields above are the best one's",
+    )
+    articles: int = Field(1, description="Independent articles that give it: copies of one story count once")
+    support: float = Field(
+        0.0, ge=0.0, le=1.0, description="Noisy-OR of the best probability in each independent article (not calibrated)"
+    )
 
 
 class PassageHit(BaseModel):

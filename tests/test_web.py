@@ -180,3 +180,28 @@ def test_article_url_cannot_run_script(page, config, embedder):
         assert page.evaluate("typeof window.__xss") == "undefined"
         scripted = page.eval_on_selector_all("main a[href]", "as => as.filter(a => a.protocol === 'javascript:').length")
         assert scripted == 0
+
+
+def test_an_answer_from_several_articles_says_in_how_many_with_links(page, config, embedder, tmp_path):
+    for name in ("wire", "daily", "weekly"):
+        write_article(
+            config.corpus,
+            f"{name}.txt",
+            f"Harbour news from the {name} desk",
+            f"The new harbour master of Quillport is Alva Brenning, the port authority said on Monday ({name}).",
+        )
+    build_index(config, embedder)
+    with serving(create_app(config, embedder)) as base:
+        page.goto(base + "/?q=" + "Who is the harbour master of Quillport?".replace(" ", "+"))
+        first = page.locator(".answer").first
+        assert "Brenning" in first.locator("mark").inner_text()
+        assert first.locator(".sources summary").inner_text() == "in 3 articles"
+        first.locator(".sources summary").click()
+        links = first.locator(".sources a")
+        assert links.count() == 3
+        hrefs = {links.nth(i).get_attribute("href") for i in range(3)}
+        assert hrefs == {f"/api/documents/{n}.txt" for n in ("wire", "daily", "weekly")}
+        page.goto(base + sorted(hrefs)[0])  # the link opens the article
+        assert "Alva Brenning" in page.content()
+    page.screenshot(path=str(tmp_path / "sources.png"), full_page=True)
+    assert page.problems == []

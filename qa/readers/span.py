@@ -37,6 +37,7 @@ from qa.encoders import cached_onnx, export_onnx, files_key, onnx_session, quiet
 from qa.index import Index
 from qa.index.base import PassageRow
 from qa.models import Answer
+from qa.readers.aggregate import aggregate
 from qa.readers.base import (
     is_why,
     make_answer,
@@ -386,14 +387,13 @@ class SpanReader:
     def _read_spans(
         self, question: str, question_vector: np.ndarray, index: Index, hits: list[Hit], rows: dict[int, PassageRow]
     ) -> list[Answer]:
-        answers: list[Answer] = []
-        for answer, features in self.candidates(question, question_vector, index, hits, rows):
-            if len(answers) >= self.config.max_answers:
-                break
-            score = self.calibration.probability(*features)
-            if score >= self.config.answer_threshold:
-                answers.append(answer.model_copy(update={"score": round(score, 4)}))
-        return answers
+        scored = [
+            answer.model_copy(update={"score": round(self.calibration.probability(*features), 4)})
+            for answer, features in self.candidates(question, question_vector, index, hits, rows)
+        ]
+        if self.config.aggregate != "off":
+            scored = aggregate(scored, by_support=self.config.aggregate == "support")
+        return [a for a in scored if a.score >= self.config.answer_threshold][: self.config.max_answers]
 
 
 __all__ = ["SpanReader", "TorchLogits", "OnnxLogits", "MeanLogits", "load_qa_model", "member_names", "WEIGHTS"]

@@ -1,0 +1,79 @@
+"""One answer from many reports: occurrences of the same answer in several passages and articles
+merged into one answer that lists its sources (qa/readers/aggregate.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from qa.index import build_index, open_index
+from qa.models import Answer
+from qa.pipeline import Pipeline
+from qa.readers.aggregate import aggregate, same_answer
+from tests.conftest import write_article
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("Sudan", "the Sudan", True),
+        ("Rometty", "Ginni Rometty", True),
+        ("Arvind Krishna", "Krishna", True),
+        ("Ginni Rometty", "Rometty.", True),
+        ("president", "president Biden", False),  # a name gains words, a common noun does not
+        ("Rometty", "IBM chief executive Ginni Rometty", False),  # more than two words added
+        ("Paris", "Lyon", False),
+        ("", "Paris", False),
+    ],
+)
+def test_the_same_answer_is_the_same_text_or_a_name_with_words_added(a, b, same):
+    assert same_answer(a, b) is same and same_answer(b, a) is same
+
+
+def answer(text: str, doc: str, score: float, passage: int) -> Answer:
+    return Answer(
+        text=text,
+        score=score,
+        start=0,
+        end=len(text),
+        document_start=0,
+        document_end=len(text),
+        sentence=text,
+        sentence_start=0,
+        passage_id=passage,
+        document_id=doc,
+        title=doc.title(),
+    )
+
+
+def test_occurrences_merge_into_the_best_one_with_every_source_and_copies_count_once():
+    found = [answer("Rometty", "a", 0.6, 1), answer("Krishna", "b", 0.5, 2), answer("Ginni Rometty", "c", 0.4, 3), answer("Rometty", "a2", 0.3, 4)]
+    merged = aggregate(found, cluster_of=lambda d: d.rstrip("2"))  # a2 is a copy of a
+    assert [m.text for m in merged] == ["Rometty", "Krishna"]
+    top = merged[0]
+    assert (top.score, top.document_id, top.passage_id) == (0.6, "a", 1)  # the best occurrence's fields
+    assert [s.document_id for s in top.sources] == ["a", "c", "a2"] and top.sources[1].text == "Ginni Rometty"
+    assert top.articles == 2 and top.support == pytest.approx(1 - 0.4 * 0.6)  # a and its copy count once
+    by_support = aggregate([answer("Krishna", "b", 0.5, 2), *found[:1], *found[2:]], by_support=True)
+    assert by_support[0].text == "Rometty"  # 0.6, 0.4 and 0.3 in three articles outweigh one 0.5
+
+
+def test_an_answer_in_three_articles_is_one_answer_with_three_sources(config, embedder):
+    for name in ("wire", "daily", "weekly"):
+        write_article(
+            config.corpus,
+            f"{name}.txt",
+            f"Harbour news from the {name} desk",
+            f"The new harbour master of Quillport is Alva Brenning, the port authority said on Monday ({name}).",
+        )
+    write_article(config.corpus, "other.txt", "Ferries", "The ferry to Ostwick was late again on Tuesday, its captain said.")
+    build_index(config, embedder)
+    result = Pipeline(config, embedder).ask("Who is the harbour master of Quillport?")
+    texts = [a.text for a in result.answers]
+    assert texts and "Brenning" in texts[0] and len(texts) == len(set(texts))
+    top = result.answers[0]
+    assert top.articles == 3 and {s.document_id for s in top.sources} == {"wire.txt", "daily.txt", "weekly.txt"}
+    store = open_index(config).store
+    assert all(store.document(s.document_id)["text"][s.document_start : s.document_end] == s.text for s in top.sources)
+
+    separate = Pipeline(config.replace(aggregate="off"), embedder).ask("Who is the harbour master of Quillport?")
+    assert [a.text for a in separate.answers].count(top.text) == 3 and separate.answers[0].sources == []
