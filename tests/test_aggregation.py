@@ -46,7 +46,12 @@ def answer(text: str, doc: str, score: float, passage: int) -> Answer:
 
 
 def test_occurrences_merge_into_the_best_one_with_every_source_and_copies_count_once():
-    found = [answer("Rometty", "a", 0.6, 1), answer("Krishna", "b", 0.5, 2), answer("Ginni Rometty", "c", 0.4, 3), answer("Rometty", "a2", 0.3, 4)]
+    found = [
+        answer("Rometty", "a", 0.6, 1),
+        answer("Krishna", "b", 0.5, 2),
+        answer("Ginni Rometty", "c", 0.4, 3),
+        answer("Rometty", "a2", 0.3, 4),
+    ]
     merged = aggregate(found, cluster_of=lambda d: d.rstrip("2"))  # a2 is a copy of a
     assert [m.text for m in merged] == ["Rometty", "Krishna"]
     top = merged[0]
