@@ -80,12 +80,33 @@ def index(corpus, index_dir, model, milvus_uri, rebuild, wait, part, allow_remov
         sys.exit(3)
 
 
+def _as_of_filters(ctx, param, value):
+    """`--as-of DATE` as the Filters it asks for (None without it); a bad date is a usage error."""
+    if not value:
+        return None
+    from pydantic import ValidationError
+
+    from qa.models import Filters
+
+    try:
+        return Filters(as_of=value)
+    except ValidationError as exc:
+        raise click.BadParameter("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from exc
+
+
 @main.command()
 @with_common
 @click.argument("question")
 @click.option("--top-k", type=click.IntRange(1, 50), help="Passages to return.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON object.")
-def ask(corpus, index_dir, model, milvus_uri, question, top_k, as_json) -> None:
+@click.option(
+    "--as-of",
+    "as_of",
+    metavar="YYYY-MM-DD",
+    callback=_as_of_filters,
+    help="Answer as a reader on that day would: articles dated later are left out, undated ones stay in.",
+)
+def ask(corpus, index_dir, model, milvus_uri, question, top_k, as_json, as_of) -> None:
     """Answer QUESTION from the index."""
     from qa.index import IndexProblem
     from qa.pipeline import Pipeline
@@ -94,7 +115,7 @@ def ask(corpus, index_dir, model, milvus_uri, question, top_k, as_json) -> None:
     if not question.strip():
         raise click.UsageError("the question is empty")
     try:
-        result = Pipeline(cfg).ask(question, top_k)
+        result = Pipeline(cfg).ask(question, top_k, as_of)
     except IndexProblem as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:

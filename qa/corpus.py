@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from charset_normalizer import from_bytes
 from dateutil import parser as dateparser
@@ -30,6 +31,9 @@ _DATE_LINE = re.compile(
     r"^\s*(?:[A-Za-z]{3,9},?\s+)?(?:\d{1,2}\s+[A-Za-z]{3,9}\.?,?\s+\d{4}|[A-Za-z]{3,9}\.?\s+\d{1,2},?\s+\d{4}"
     r"|\d{4}-\d{2}-\d{2}(?:[T ][\d:.+Z-]+)?|\d{1,2}/\d{1,2}/\d{4})\s*$"
 )
+
+# A full year-month-day in a URL's path: /2022/02/05/, /2022-02-05/, /20220205/ (a bare /2022/02/ is no day).
+_URL_DATE = re.compile(r"(?:^|[/_-])(?:(\d{4})/(\d{1,2})/(\d{1,2})|(\d{4})-(\d{2})-(\d{2})|(\d{4})(\d{2})(\d{2}))(?=[/_.-]|$)")
 
 
 class CorpusError(Exception):
@@ -144,6 +148,25 @@ def parse_date(value: object) -> str | None:
     return parsed.date().isoformat()
 
 
+def date_from_url(url: object) -> str | None:
+    """The ISO date in a news URL's path (`/2022/02/05/`, `/2022-02-05/`, `/20220205/`), when it names a real day."""
+    if not url:
+        return None
+    try:
+        path = urlsplit(str(url)).path
+    except ValueError:
+        return None
+    for match in _URL_DATE.finditer(path):
+        year, month, day = (int(g) for g in match.groups() if g is not None)
+        if not 1800 <= year <= 2200:
+            continue
+        try:
+            return date(year, month, day).isoformat()
+        except ValueError:
+            continue
+    return None
+
+
 def clean_url(value: object) -> str | None:
     """Only web links: a `javascript:` or `data:` url from an untrusted article must never become a link."""
     url = str(value).strip() if value else ""
@@ -191,12 +214,13 @@ def _parse_html(data: bytes, rel: str) -> Document:
         raise CorpusError("no article text found in HTML")
     paragraphs = [line.strip() for line in result["text"].split("\n") if line.strip()]
     title = (result.get("title") or "").strip() or Path(rel).stem
+    url = clean_url(result.get("url"))
     return Document(
         id=rel,
         title=title,
         text="\n\n".join(paragraphs),
-        date=parse_date(result.get("date")),
-        url=clean_url(result.get("url")),
+        date=parse_date(result.get("date")) or date_from_url(url),
+        url=url,
         source=result.get("sitename") or result.get("hostname"),
         path=rel,
     )
@@ -236,12 +260,13 @@ def _record_to_document(record: object, rel: str, n: int, single: bool) -> Docum
     rid = record.get("id")
     doc_id = str(rid) if rid not in (None, "") else (rel if single else f"{rel}#{n}")
     title = record.get("title")
+    url = clean_url(record.get("url"))
     return Document(
         id=doc_id,
         title=str(title).strip() if title else doc_id,
         text=_normalise_newlines(body).strip(),
-        date=parse_date(record.get("date")),
-        url=clean_url(record.get("url")),
+        date=parse_date(record.get("date")) or date_from_url(url),
+        url=url,
         source=str(record["source"]) if record.get("source") else None,
         path=rel,
     )

@@ -63,13 +63,13 @@ def test_occurrences_merge_into_the_best_one_with_every_source_and_copies_count_
 
 
 def test_an_answer_in_three_articles_is_one_answer_with_three_sources(config, embedder):
-    for name in ("wire", "daily", "weekly"):
-        write_article(
-            config.corpus,
-            f"{name}.txt",
-            f"Harbour news from the {name} desk",
-            f"The new harbour master of Quillport is Alva Brenning, the port authority said on Monday ({name}).",
-        )
+    reports = {  # three independent reports, worded differently (copies would count once)
+        "wire": "The new harbour master of Quillport is Alva Brenning, the port authority said on Monday.",
+        "daily": "Quillport's harbour master is now Alva Brenning, who starts work after thirty years at sea.",
+        "weekly": "Fishermen welcomed Alva Brenning, named harbour master of Quillport last week by the council.",
+    }
+    for name, text in reports.items():
+        write_article(config.corpus, f"{name}.txt", f"Harbour news from the {name} desk", text)
     write_article(config.corpus, "other.txt", "Ferries", "The ferry to Ostwick was late again on Tuesday, its captain said.")
     build_index(config, embedder)
     result = Pipeline(config, embedder).ask("Who is the harbour master of Quillport?")
@@ -81,4 +81,15 @@ def test_an_answer_in_three_articles_is_one_answer_with_three_sources(config, em
     assert all(store.document(s.document_id)["text"][s.document_start : s.document_end] == s.text for s in top.sources)
 
     separate = Pipeline(config.replace(aggregate="off"), embedder).ask("Who is the harbour master of Quillport?")
-    assert [a.text for a in separate.answers].count(top.text) == 3 and separate.answers[0].sources == []
+    assert [a.text for a in separate.answers].count(top.text) >= 2 and separate.answers[0].sources == []  # the same answer twice
+
+
+def test_copies_of_one_story_count_as_one_article(config, embedder):
+    story = "The new harbour master of Quillport is Alva Brenning, the port authority said on Monday in a statement."
+    write_article(config.corpus, "wire.txt", "Harbour master named", story)
+    write_article(config.corpus, "wire-copy.txt", "Harbour master named (AP)", story + " Reporting by the wire desk.")
+    write_article(config.corpus, "local.txt", "Quillport's harbour", "Alva Brenning, the harbour master of Quillport, opened the quay.")
+    build_index(config, embedder)
+    top = Pipeline(config, embedder).ask("Who is the harbour master of Quillport?").answers[0]
+    assert "Brenning" in top.text and len(top.sources) == 3
+    assert top.articles == 2  # the wire story and its copy are one report

@@ -222,3 +222,19 @@ def test_eval_on_a_fixture_set(tmp_path, config):
     again = evaluate(config, pp, qp, mode="open", show_progress=False)
     assert again["recall@1"] == m["recall@1"]
     assert json.loads((version_dir(private, current_version(private)) / "manifest.json").read_text())["model_version"] != "0" * 16
+
+
+def test_qa_ask_as_of_leaves_out_later_articles(sample_index):
+    from click.testing import CliRunner
+
+    from qa.cli import main
+
+    where = ["--corpus", str(sample_index.corpus), "--index", str(sample_index.index)]
+    runner = CliRunner()
+    before = runner.invoke(main, ["ask", IBM_QUESTION, "--json", "--as-of", "2014-08-22", *where])
+    assert before.exit_code == 0, before.output
+    assert json.loads(before.stdout)["passages"] == []  # the only article is dated 2014-08-23
+    on_the_day = runner.invoke(main, ["ask", IBM_QUESTION, "--json", "--as-of", "2014-08-23", *where])
+    assert on_the_day.exit_code == 0 and json.loads(on_the_day.stdout)["passages"]
+    bad = runner.invoke(main, ["ask", IBM_QUESTION, "--as-of", "2014-08-32", *where])
+    assert bad.exit_code == 2 and "YYYY-MM-DD" in bad.output

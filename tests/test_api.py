@@ -59,6 +59,38 @@ def test_bad_questions_are_422_with_a_message(client, body, fragment):
     assert fragment in r.json()["detail"]
 
 
+def test_as_of_leaves_out_later_articles_through_post_and_get(client):
+    before = client.post("/api/ask", json={"question": IBM_QUESTION, "filters": {"as_of": "2014-08-22"}}).json()
+    assert before["passages"] == []  # the only article is dated 2014-08-23
+    on_the_day = client.get("/api/ask", params={"q": IBM_QUESTION, "as_of": "2014-08-23"}).json()
+    assert on_the_day["passages"] and not on_the_day["no_answer"]
+
+
+@pytest.mark.parametrize("bad", ["2022-02-30", "yesterday", "05/02/2022"])
+def test_a_bad_as_of_is_422_with_a_message(client, bad):
+    posted = client.post("/api/ask", json={"question": IBM_QUESTION, "filters": {"as_of": bad}})
+    got = client.get("/api/ask", params={"q": IBM_QUESTION, "as_of": bad})
+    for r in (posted, got):
+        assert r.status_code == 422
+        assert "as_of" in r.json()["detail"] and "YYYY-MM-DD" in r.json()["detail"]
+
+
+def test_the_web_form_asks_as_of_a_day(client):
+    page = client.get("/", params={"q": IBM_QUESTION}).text
+    assert 'name="as_of" type="date"' in page and "No answer found" not in page
+    before = client.get("/", params={"q": IBM_QUESTION, "as_of": "2014-08-22"}).text
+    assert "No answer found" in before and 'value="2014-08-22"' in before
+    bad = client.get("/", params={"q": IBM_QUESTION, "as_of": "someday"})
+    assert bad.status_code == 200 and "YYYY-MM-DD" in bad.text
+
+
+def test_as_of_is_documented_in_the_openapi_schema(client):
+    schema = client.get("/openapi.json").json()
+    assert "undated" in schema["components"]["schemas"]["Filters"]["properties"]["as_of"]["description"]
+    [param] = [p for p in schema["paths"]["/api/ask"]["get"]["parameters"] if p["name"] == "as_of"]
+    assert "undated" in param["description"]
+
+
 def test_get_ask_validates_too(client):
     assert client.get("/api/ask", params={"q": ""}).status_code == 422
     assert client.get("/api/ask").status_code == 422

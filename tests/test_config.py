@@ -64,7 +64,7 @@ def test_a_changed_passage_splitting_setting_asks_for_a_rebuild(config, embedder
 
     write_article(config.corpus, "a.txt", "Alpha", "The alpha plant produced forty tonnes of steel in March last year.")
     build_index(config, embedder)
-    assert open_index(config).manifest.indexed_with == {"min_passage_words": 6, "window_overlap_sentences": 1}
+    assert open_index(config).manifest.indexed_with == {"min_passage_words": 6, "window_overlap_sentences": 1, "dedup_threshold": 0.8}
     changed = config.replace(min_passage_words=9)
     with pytest.raises(IndexMismatch, match=r"QA_MIN_PASSAGE_WORDS=6 \(now 9\).*qa index --rebuild"):
         open_index(changed)

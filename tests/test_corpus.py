@@ -82,3 +82,37 @@ def test_only_web_urls_are_kept(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps(records))
     urls = {d.id: d.url for d in read_corpus(tmp_path).documents}
     assert urls == {"a": None, "b": "https://e.com/x", "c": None}
+
+
+def test_a_record_without_a_date_takes_the_full_day_in_its_url(tmp_path):
+    records = [
+        {"id": "slashes", "text": "a", "url": "https://www.cnn.com/2022/02/05/europe/queen/index.html"},
+        {"id": "dashes", "text": "b", "url": "https://example.com/news/2022-02-06/harbour"},
+        {"id": "compact", "text": "c", "url": "https://example.com/20220207/harbour.html"},
+        {"id": "month-only", "text": "d", "url": "https://example.com/2022/02/harbour"},
+        {"id": "no-such-day", "text": "e", "url": "https://example.com/2022/02/30/harbour"},
+        {"id": "dated", "text": "f", "url": "https://example.com/2022/02/05/x", "date": "2022-02-04"},
+        {"id": "query-only", "text": "g", "url": "https://example.com/harbour?d=2022/02/05"},
+    ]
+    (tmp_path / "news.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    dates = {d.id: d.date for d in read_file(tmp_path / "news.jsonl")}
+    assert dates == {
+        "slashes": "2022-02-05",
+        "dashes": "2022-02-06",
+        "compact": "2022-02-07",
+        "month-only": None,  # a month is not a day: left undated
+        "no-such-day": None,
+        "dated": "2022-02-04",  # the record's own date comes first
+        "query-only": None,
+    }
+
+
+def test_an_html_page_without_a_date_takes_the_one_in_its_canonical_url(tmp_path):
+    # trafilatura's date search does not read this URL (it keeps to 1995 on); the page's own URL still dates it.
+    body = " ".join(["The council approved the new bridge over the river on Monday after a long debate."] * 3)
+    html = f"""<html><head><title>Bridge approved</title>
+    <link rel="canonical" href="https://news.example.com/1993/05/17/bridge-approved/"></head>
+    <body><article><h1>Bridge approved</h1><p>{body}</p></article></body></html>"""
+    (tmp_path / "bridge.html").write_text(html)
+    [doc] = read_file(tmp_path / "bridge.html")
+    assert doc.url == "https://news.example.com/1993/05/17/bridge-approved/" and doc.date == "1993-05-17"

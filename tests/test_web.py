@@ -183,13 +183,13 @@ def test_article_url_cannot_run_script(page, config, embedder):
 
 
 def test_an_answer_from_several_articles_says_in_how_many_with_links(page, config, embedder, tmp_path):
-    for name in ("wire", "daily", "weekly"):
-        write_article(
-            config.corpus,
-            f"{name}.txt",
-            f"Harbour news from the {name} desk",
-            f"The new harbour master of Quillport is Alva Brenning, the port authority said on Monday ({name}).",
-        )
+    reports = {  # three independent reports, worded differently (copies would count once)
+        "wire": "The new harbour master of Quillport is Alva Brenning, the port authority said on Monday.",
+        "daily": "Quillport's harbour master is now Alva Brenning, who starts work after thirty years at sea.",
+        "weekly": "Fishermen welcomed Alva Brenning, named harbour master of Quillport last week by the council.",
+    }
+    for name, text in reports.items():
+        write_article(config.corpus, f"{name}.txt", f"Harbour news from the {name} desk", text)
     build_index(config, embedder)
     with serving(create_app(config, embedder)) as base:
         page.goto(base + "/?q=" + "Who is the harbour master of Quillport?".replace(" ", "+"))

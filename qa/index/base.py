@@ -201,6 +201,19 @@ class IndexStore(Protocol):
 
     def sample_titles(self, limit: int) -> list[str]: ...
 
+    def clusters(self, document_ids: list[str]) -> dict[str, str]:
+        """Document id -> the id of its cluster of near-duplicates (qa/index/duplicates.py): the
+        smallest id among the copies of one story, the document's own id when it has none."""
+        ...
+
+    def cluster_members(self, cluster_id: str) -> list[str]:
+        """The ids of a cluster's documents, sorted (the head, `cluster_id`, first); [] for none."""
+        ...
+
+    def cluster_counts(self) -> tuple[int, int]:
+        """(copies: documents that are not their cluster's head, clusters of more than one document)."""
+        ...
+
     def counts(self) -> dict[str, int]: ...
 
     def close(self) -> None: ...

@@ -37,6 +37,7 @@ from qa.index.files import (
 )
 from qa.index.lexical import LexicalIndex
 from qa.index.milvus import MilvusBuild
+from qa.index.milvus.read import MilvusStore
 from qa.index.store import Store
 from qa.index.vectors import VectorIndex
 from qa.models import Document, Passage
@@ -66,13 +67,17 @@ class BuildSummary:
     started_over: str | None = None
     #: What a worker of a multi-part build did, when it did not publish.
     note: str | None = None
+    #: Near-duplicates in the index (qa/index/duplicates.py): documents that are not their cluster's
+    #: head, and the clusters of more than one document they fall in.
+    copies: int = 0
+    clusters: int = 0
 
     def line(self) -> str:
         return (
             (f"built anew: {self.started_over}\n" if self.started_over else "")
             + f"indexed: {self.added} added, {self.changed} changed, {self.removed} removed, "
             f"{len(self.skipped)} skipped, {self.unchanged} unchanged; {self.documents} documents, "
-            f"{self.passages} passages ({self.embedded} embedded) in {self.seconds:.1f}s"
+            f"{self.passages} passages ({self.embedded} embedded), {self.copies} copies in {self.clusters} clusters in {self.seconds:.1f}s"
             + (f"; version {self.version}" if self.version else "")
             + (f"\n{self.note}" if self.note else "")
         )
@@ -173,6 +178,7 @@ def build_index(
         if previous is not None and not todo and not removed:
             counts = previous.store.counts()
             summary.documents, summary.passages = counts["documents"], counts["passages"]
+            summary.copies, summary.clusters = previous.store.cluster_counts()
             summary.version = previous.version
             previous.close()
             summary.seconds = time.perf_counter() - started
@@ -285,6 +291,7 @@ def _build_milvus(
     if part is None and build.previous and not todo and not drop:
         counts = build.db_counts()
         summary.documents, summary.passages, summary.version = counts["documents"], counts["passages"], build.previous
+        summary.copies, summary.clusters = MilvusStore(build.db, build.previous).cluster_counts()
         return summary
     build.remove(drop)
     split, vectors, sentence_vectors = embed_documents(config, embedder, todo, report, show_progress)
@@ -299,6 +306,7 @@ def _build_milvus(
         return summary
     report("publishing", 0, 1)
     manifest = build.publish()
+    summary.copies, summary.clusters = build.copies
     summary.documents, summary.passages, summary.version = manifest.documents, manifest.passages, manifest.version
     return summary
 
@@ -424,8 +432,10 @@ class _NextVersion:
                 np.vstack(per_passage).astype(np.float32), np.asarray([sid for i in chunk for sid in sentence_ids[i]], dtype=np.int64)
             )
 
-    def write(self, manifest_for: Callable[[dict[str, int]], Manifest]) -> Manifest:
-        """Everything on disk and synced; the manifest made from the final counts."""
+    def write(self, manifest_for: Callable[[dict[str, int]], Manifest], dedup_threshold: float) -> tuple[Manifest, tuple[int, int]]:
+        """Everything on disk and synced, clusters of near-duplicates made anew; the manifest made
+        from the final counts, and (copies, clusters)."""
+        copies = self.store.recluster(dedup_threshold)
         self.store.commit()
         counts = self.store.counts()
         self.store.close()
@@ -435,7 +445,7 @@ class _NextVersion:
         manifest = manifest_for(counts)
         write_manifest(self.work, manifest)
         _fsync_tree(self.work)
-        return manifest
+        return manifest, copies
 
 
 def _publish(
@@ -458,7 +468,9 @@ def _publish(
         next_version.add(split, embedder, report, show_progress)
         report("publishing", 0, 1)
         vectors = vector_backend(embedder.backend)
-        manifest = next_version.write(lambda counts: Manifest.new(version, config, embedder.dimension, vectors, counts))
+        manifest, (summary.copies, summary.clusters) = next_version.write(
+            lambda counts: Manifest.new(version, config, embedder.dimension, vectors, counts), config.dedup_threshold
+        )
         _swap_current(index_dir, next_version.work, version)
         summary.documents, summary.passages = manifest.documents, manifest.passages
         summary.embedded = sum(len(passages) for _, passages in split)

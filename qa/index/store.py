@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from qa.index import duplicates
 from qa.index.base import PassageRow, SentenceRow
 from qa.models import Document, Filters, Passage
 
@@ -40,6 +41,12 @@ CREATE TABLE IF NOT EXISTS sentences (
     end INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sentences_passage ON sentences(passage_id);
+CREATE TABLE IF NOT EXISTS duplicates (
+    document_id TEXT PRIMARY KEY,
+    signature BLOB NOT NULL,
+    cluster TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS duplicates_cluster ON duplicates(cluster);
 """
 
 
@@ -104,6 +111,7 @@ class Store:
         self.db.execute("DELETE FROM sentences WHERE passage_id IN (SELECT id FROM passages WHERE document_id = ?)", (doc_id,))
         self.db.execute("DELETE FROM passages WHERE document_id = ?", (doc_id,))
         self.db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+        self.db.execute("DELETE FROM duplicates WHERE document_id = ?", (doc_id,))
         return pids, sids
 
     def add_document(self, doc: Document, passages: list[Passage]) -> tuple[list[int], list[int]]:
@@ -112,6 +120,8 @@ class Store:
             "INSERT INTO documents (id, title, text, date, url, source, path, hash) VALUES (?,?,?,?,?,?,?,?)",
             (doc.id, doc.title, doc.text, doc.date, doc.url, doc.source, doc.path, doc.hash),
         )
+        signature = duplicates.to_bytes(duplicates.signature(doc.title, doc.text))
+        self.db.execute("INSERT INTO duplicates (document_id, signature, cluster) VALUES (?,?,?)", (doc.id, signature, doc.id))
         pids, sids = [], []
         for p in passages:
             cur = self.db.execute(
@@ -125,7 +135,51 @@ class Store:
                 sids.append(int(cur.lastrowid))
         return pids, sids
 
+    def recluster(self, threshold: float) -> tuple[int, int]:
+        """Every document's cluster made anew from the stored signatures (`qa.index.duplicates`),
+        after a build's adds and removes; documents of a store written before clusters get their
+        signature first. Returns (copies, clusters of more than one document)."""
+        missing = self.db.execute("SELECT id, title, text FROM documents WHERE id NOT IN (SELECT document_id FROM duplicates)").fetchall()
+        for doc_id, title, text in missing:
+            signature = duplicates.to_bytes(duplicates.signature(title, text))
+            self.db.execute("INSERT INTO duplicates (document_id, signature, cluster) VALUES (?,?,?)", (doc_id, signature, doc_id))
+        rows = self.db.execute("SELECT document_id, signature, cluster FROM duplicates").fetchall()
+        clusters = duplicates.cluster_ids({r[0]: duplicates.from_bytes(r[1]) for r in rows}, threshold)
+        changed = [(clusters[doc_id], doc_id) for doc_id, _, cluster in rows if clusters[doc_id] != cluster]
+        self.db.executemany("UPDATE duplicates SET cluster = ? WHERE document_id = ?", changed)
+        return duplicates.cluster_counts(clusters.values())
+
     # Reading.
+
+    def clusters(self, document_ids: list[str]) -> dict[str, str]:
+        """Document id -> the id of its cluster of near-duplicates (itself when it has no copy),
+        for the ids that are indexed."""
+        if not document_ids:
+            return {}
+        marks = ",".join("?" * len(document_ids))
+        with self._reading() as db:
+            try:
+                return dict(db.execute(f"SELECT document_id, cluster FROM duplicates WHERE document_id IN ({marks})", document_ids))
+            except sqlite3.OperationalError:  # a version written before clusters: every document is its own
+                known = db.execute(f"SELECT id FROM documents WHERE id IN ({marks})", document_ids).fetchall()
+                return {r[0]: r[0] for r in known}
+
+    def cluster_members(self, cluster_id: str) -> list[str]:
+        """The ids of the documents in a cluster, the head (`cluster_id`) first; [] for no such cluster."""
+        with self._reading() as db:
+            try:
+                ids = [r[0] for r in db.execute("SELECT document_id FROM duplicates WHERE cluster = ? ORDER BY document_id", (cluster_id,))]
+            except sqlite3.OperationalError:
+                ids = [r[0] for r in db.execute("SELECT id FROM documents WHERE id = ?", (cluster_id,))]
+        return ids
+
+    def cluster_counts(self) -> tuple[int, int]:
+        """(copies: documents that are not their cluster's head, clusters of more than one document)."""
+        with self._reading() as db:
+            try:
+                return duplicates.cluster_counts(r[0] for r in db.execute("SELECT cluster FROM duplicates"))
+            except sqlite3.OperationalError:
+                return 0, 0
 
     def counts(self) -> dict[str, int]:
         with self._reading() as db:
@@ -226,4 +280,7 @@ def filter_sql(filters: Filters | None) -> tuple[str, list]:
     if filters.date_to:
         clauses.append("d.date <= ?")
         params.append(filters.date_to)
+    if filters.as_of:  # as a reader on that day: nothing dated later; an undated article stays in
+        clauses.append("(d.date IS NULL OR d.date = '' OR d.date <= ?)")
+        params.append(filters.as_of)
     return " AND ".join(clauses), params

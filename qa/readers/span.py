@@ -391,8 +391,10 @@ class SpanReader:
             answer.model_copy(update={"score": round(self.calibration.probability(*features), 4)})
             for answer, features in self.candidates(question, question_vector, index, hits, rows)
         ]
-        if self.config.aggregate != "off":
-            scored = aggregate(scored, by_support=self.config.aggregate == "support")
+        if self.config.aggregate != "off" and scored:
+            # Copies of one story (the index's near-duplicate clusters) count as one article.
+            clusters = index.store.clusters(sorted({a.document_id for a in scored}))
+            scored = aggregate(scored, lambda doc_id: clusters.get(doc_id, doc_id), by_support=self.config.aggregate == "support")
         return [a for a in scored if a.score >= self.config.answer_threshold][: self.config.max_answers]
 
 

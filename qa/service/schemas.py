@@ -90,6 +90,10 @@ class DocumentSummary(BaseModel):
 class Document(DocumentSummary):
     text: str
     hash: str = Field(description="SHA-256 of the article's content: what incremental indexing compares")
+    cluster: str | None = Field(
+        None, description="The id of the article's cluster of near-duplicates (wire copies, re-posts): its smallest id, or its own"
+    )
+    copies: list[str] = Field(default_factory=list, description="The other articles of its cluster, by id")
 
 
 class DocumentPage(BaseModel):

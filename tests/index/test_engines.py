@@ -131,3 +131,20 @@ def test_a_passage_without_terms_is_indexed_and_removed(engine: Config, embedder
     assert open_index(engine).store.document("stop-words") is not None
     assert Pipeline(engine, embedder).ask(IBM_QUESTION).answers
     assert build_index(engine, embedder, upserts=[], deletes=["stop-words"]).removed == 1
+
+
+def test_as_of_leaves_out_later_articles_and_keeps_undated_ones(engine: Config, embedder: Embedder) -> None:
+    kites = [
+        Document("kites-2019", "Kite survey 2019", "Harlow counted 212 red kites in the 2019 survey week.", date="2019-03-01"),
+        Document("kites-2021", "Kite survey 2021", "Harlow counted 340 red kites in the 2021 survey week.", date="2021-03-01"),
+        Document("kites-undated", "Kite survey", "Harlow counted red kites in the survey week, as every year."),
+    ]
+    build_index(engine, embedder, upserts=kites, deletes=[])
+    pipeline = Pipeline(engine, embedder)
+    question = "How many red kites did Harlow count?"
+    found = {p.document_id for p in pipeline.ask(question, top_k=10, filters=Filters(as_of="2020-06-30")).passages}
+    assert "kites-2019" in found and "kites-undated" in found and "kites-2021" not in found
+    on_the_day = {p.document_id for p in pipeline.ask(question, top_k=10, filters=Filters(as_of="2021-03-01")).passages}
+    assert {"kites-2019", "kites-2021", "kites-undated"} <= on_the_day
+    # date_to, unlike as_of, drops the undated article
+    assert "kites-undated" not in {p.document_id for p in pipeline.ask(question, top_k=10, filters=Filters(date_to="2021-12-31")).passages}

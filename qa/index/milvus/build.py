@@ -9,6 +9,7 @@ import numpy as np
 
 from qa.config import Config
 from qa.embedding import Embedder, vector_backend
+from qa.index import duplicates
 from qa.index.base import IndexMismatch, Manifest, check_manifest
 from qa.index.lexical import document_weights
 from qa.index.milvus.read import MilvusStore
@@ -48,6 +49,7 @@ class MilvusBuild:
         self.average_length = None if rebuild else (self.db.meta_value("lexical") or {}).get("average_length")
         self.df_changes: dict[int, int] = {}
         self._pending: dict[str, list[dict]] = {}  # rows queued for the next write of their collection
+        self.copies = (0, 0)  # (copies, clusters) of the published version, once `publish()` has made them
 
     def mine(self, doc_id: str) -> bool:
         """Whether this worker writes the document (always, without parts)."""
@@ -110,6 +112,7 @@ class MilvusBuild:
         v, dummy = self.target, [0.0, 0.0]
         meta = {"date": doc.date or "", "source": doc.source or ""}
         chunks = [doc.text[i : i + TEXT_CHUNK] for i in range(0, len(doc.text), TEXT_CHUNK)] or [""]
+        signature = duplicates.to_hex(duplicates.signature(doc.title, doc.text))
         self._queue(
             self.db.documents,
             [
@@ -123,6 +126,9 @@ class MilvusBuild:
                     "path": doc.path or "",
                     "hash": doc.hash,
                     "passages": len(passages),
+                    # The cluster is made by `publish()`, over every part's documents.
+                    "cluster": doc.id,
+                    "signature": signature if k == 0 else "",
                     "added": v,
                     "removed": 0,
                     "dummy": dummy,
@@ -224,11 +230,39 @@ class MilvusBuild:
                 self.db.write(terms, [{**r, "removed": self.target} for r in old])
         c.delete(terms, filter=f"kind == 1 and added == {self.target}")
 
+    def _recluster(self) -> tuple[int, int]:
+        """Every document's near-duplicate cluster made anew from the signatures of the version
+        being built (by the publishing worker: it sees every part's documents). A document whose
+        cluster changes gets its rows anew in this version, the old ones marked removed."""
+        store = MilvusStore(self.db, self.target)
+        heads = store.rows_in(self.db.documents, "chunk == 0", ["document_id", "signature", "cluster"])
+        clusters = duplicates.cluster_ids(
+            {r["document_id"]: duplicates.from_hex(r["signature"]) for r in heads}, self.config.dedup_threshold
+        )
+        changed = sorted(r["document_id"] for r in heads if clusters[r["document_id"]] != r["cluster"])
+        for k in range(0, len(changed), 1000):
+            rows = store.rows_in(self.db.documents, f"document_id in {json.dumps(changed[k : k + 1000])}", ["*"])
+            fresh = [
+                {
+                    **r,
+                    "key": row_id("document", r["document_id"], r["hash"], r["chunk"], self.target),
+                    "cluster": clusters[r["document_id"]],
+                    "added": self.target,
+                    "removed": 0,
+                }
+                for r in rows
+            ]
+            self.db.write(self.db.documents, [{**r, "removed": self.target} for r in rows if r["added"] != self.target])
+            self.db.write(self.db.documents, fresh)
+        return duplicates.cluster_counts(clusters.values())
+
     def publish(self) -> Manifest:
         self._drain()
         if self.part is None:
             self._write_df_changes()
         self._fold_df_changes()
+        self.db.flush()
+        self.copies = self._recluster()
         counts = MilvusStore(self.db, self.target)
         self.db.flush()
         n = counts.counts()

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from qa.config import Config
+from qa.index import duplicates
 from qa.index.base import Candidates, IndexMismatch, Manifest, NoIndex, PassageRow, SentenceRow, check_manifest
 from qa.index.lexical import idf
 from qa.index.milvus.schema import (
@@ -143,6 +144,22 @@ class MilvusStore:
     def document_hashes(self) -> dict[str, str]:
         return {r["document_id"]: r["hash"] for r in self.rows_in(self.db.documents, "chunk == 0", ["document_id", "hash"])}
 
+    def clusters(self, document_ids: list[str]) -> dict[str, str]:
+        """Document id -> the id of its cluster of near-duplicates (itself when it has no copy)."""
+        if not document_ids:
+            return {}
+        expr = f"chunk == 0 and document_id in {json.dumps(list(document_ids))}"
+        return {r["document_id"]: r["cluster"] for r in self.rows_in(self.db.documents, expr, ["document_id", "cluster"])}
+
+    def cluster_members(self, cluster_id: str) -> list[str]:
+        """The ids of the documents in a cluster, the head (`cluster_id`) first; [] for no such cluster."""
+        rows = self.rows_in(self.db.documents, f"chunk == 0 and cluster == {json.dumps(cluster_id)}", ["document_id"])
+        return sorted(r["document_id"] for r in rows)
+
+    def cluster_counts(self) -> tuple[int, int]:
+        """(copies: documents that are not their cluster's head, clusters of more than one document)."""
+        return duplicates.cluster_counts(r["cluster"] for r in self.rows_in(self.db.documents, "chunk == 0", ["cluster"]))
+
     def sample_titles(self, limit: int) -> list[str]:
         return [r["title"] for r in self._heads()[:limit]]
 
@@ -277,5 +294,3 @@ def open_milvus(config: Config) -> MilvusIndex:
     if problem := db.schema_problem():
         raise IndexMismatch(problem)
     return MilvusIndex(db, manifest, config)
-
-

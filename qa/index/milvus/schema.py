@@ -55,8 +55,9 @@ DF_CACHE = 500_000  # terms whose document frequency a version keeps in memory o
 # The collections' layout. Collections are made once and cannot change, so an index made by code
 # with another layout is refused with a way out (schema_problem). 2: BM25 as the project's own
 # sparse weights (below) instead of Milvus's BM25 function. 3: a sentence's id is a hash of its
-# passage's id and its position, so a question reads its sentences in one call.
-SCHEMA = 3
+# passage's id and its position, so a question reads its sentences in one call. 4: documents carry
+# their near-duplicate cluster and MinHash signature (qa/index/duplicates.py), versioned with the row.
+SCHEMA = 4
 SENTENCE_VECTORS_KEPT = 20_000  # sentence vectors read with their sentences, kept for the reader
 analyzer = Analyzer()  # BM25's, shared by reading and building
 
@@ -118,6 +119,8 @@ def filter_expr(filters: Filters | None) -> str:
         clauses.append(f'date >= {json.dumps(filters.date_from)} and date != ""')
     if filters.date_to:
         clauses.append(f'date <= {json.dumps(filters.date_to)} and date != ""')
+    if filters.as_of:  # as a reader on that day: nothing dated later; an undated article stays in
+        clauses.append(f'(date == "" or date <= {json.dumps(filters.as_of)})')
     return " and ".join(clauses)
 
 
@@ -255,6 +258,8 @@ class Milvus:
                 ("path", DataType.VARCHAR, text),
                 ("hash", DataType.VARCHAR, short),
                 ("passages", DataType.INT64),
+                ("cluster", DataType.VARCHAR, short),
+                ("signature", DataType.VARCHAR, {"max_length": 2048}),
                 *version,
                 ("dummy", DataType.FLOAT_VECTOR, {"dim": 2}),
             ],

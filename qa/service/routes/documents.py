@@ -36,10 +36,12 @@ def documents(
 
 @router.get("/{doc_id:path}", response_model=Document, summary="One article, with its text")
 def document(doc_id: str, pipeline: PipelineDep) -> Document:
-    found = pipeline.index().store.document(doc_id)
+    store = pipeline.index().store
+    found = store.document(doc_id)
     if found is None:
         raise HTTPException(404, f"no document {doc_id!r}")
-    return Document(**found)
+    cluster = store.clusters([doc_id]).get(doc_id, doc_id)
+    return Document(**found, cluster=cluster, copies=[m for m in store.cluster_members(cluster) if m != doc_id])
 
 
 @router.post(
