@@ -283,4 +283,4 @@ def filter_sql(filters: Filters | None) -> tuple[str, list]:
     if filters.as_of:  # as a reader on that day: nothing dated later; an undated article stays in
         clauses.append("(d.date IS NULL OR d.date = '' OR d.date <= ?)")
         params.append(filters.as_of)
-    return " AND ".join(clauses), params
+    return " AND ".join(clauses) or "1", params  # filters of empty strings restrict nothing
