@@ -111,7 +111,7 @@ def dense_recall(cfg: Config, qs: list[str], exact: dict[str, float]) -> dict:
     for q in qs:
         v = embedder.embed_questions([q])[0]
         started = time.perf_counter()
-        found = index.candidates(v, q, 20, None).dense
+        found = index.rankings(v, q, 20, None).dense
         times.append((time.perf_counter() - started) * 1000)
         got.append(sum(score >= exact[q] - 1e-4 for _, score in found[:20]) / 20)
     return {"recall@20_vs_exact": round(float(np.mean(got)), 4), "candidates_ms": pct(times)}

@@ -171,7 +171,7 @@ class Config:
     # Retrieval.
     top_k: int = setting(5, "Passages returned")
     max_top_k: int = setting(50, "Most passages a request may ask for", tier="engine")
-    candidates: int = setting(50, "Candidates taken from each retriever before fusion", tier="engine")
+    candidates: int = setting(50, "Passages each retriever ranks before fusion", tier="engine")
     fusion: str = setting(
         "score", "How dense, sentence and BM25 rankings are fused: score (weighted sum) or rrf", tier="engine", choices=("score", "rrf")
     )

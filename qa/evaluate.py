@@ -12,11 +12,11 @@ from qa.config import Config
 from qa.embedding import Embedder, resolve_model, vector_backend
 from qa.encoders import files_key
 from qa.index import IndexMismatch, build_index
-from qa.metrics import exact_match, f1_score, normalize_answer, read_jsonl
 from qa.models import Document, Filters
 from qa.pipeline import Pipeline
 from qa.progress import Progress
 from qa.readers.base import Reader, is_why
+from qa.scoring import exact_match, f1_score, normalize_answer, read_jsonl
 
 RECALL_AT = (1, 5, 20)
 

@@ -34,7 +34,7 @@ class Retriever:
     def retrieve(self, index: Index, question_vector: np.ndarray, question: str, top_k: int, filters: Filters | None) -> list[Hit]:
         cfg = self.config
         n = max(cfg.candidates, top_k)
-        found = index.candidates(question_vector, question, n, filters)
+        found = index.rankings(question_vector, question, n, filters)
         rankings = (
             ("dense", found.dense, cfg.weight_dense),
             ("sentence", found.sentence, cfg.weight_sentence),

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from qa.evaluate import evaluate
-from qa.metrics import exact_match, f1_score, normalize_answer
 from qa.models import Filters
+from qa.scoring import exact_match, f1_score, normalize_answer
 from tests.conftest import IBM_QUESTION, ROOT, write_article
 
 REASONS = {

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from qa.config import Config
-from qa.metrics import exact_match, f1_score, read_jsonl
 from qa.readers.calibration import FITTED_SETTINGS, Calibration, fit, reliability
 from qa.readers.span import WEIGHTS
+from qa.scoring import exact_match, f1_score, read_jsonl
 from training.common import DATA, SEED
 from training.squad_reader import load_questions, swap_key_term
 
@@ -67,7 +67,7 @@ def collect(config: Config, paragraphs: Path, questions: list[dict], mode: str) 
         filters = Filters(document_id=q["context_id"]) if mode == "gold" else None
         hits = pipeline.retriever.retrieve(index, vector, q["question"], max(20, cfg.read_passages), filters)
         rows = index.store.passages([h.passage_id for h in hits])
-        cands = reader.candidates(q["question"], vector, index, hits, rows)[: cfg.max_answers]
+        cands = reader.scored_spans(q["question"], vector, index, hits, rows)[: cfg.max_answers]
         gold = [a["text"] for a in q.get("answers", [])]
         out.append(
             {

@@ -26,11 +26,11 @@ GRID = [(c, o, p) for c in (0.35, 0.55, 0.75) for o in (0.1, 0.3, 0.5) for p in 
 def main(argv: list[str] | None = None) -> None:
     from qa.embedding import Embedder
     from qa.evaluate import build_eval_index, eval_config
-    from qa.metrics import read_jsonl
     from qa.models import Filters
     from qa.pipeline import Pipeline
     from qa.readers.base import is_why
     from qa.readers.span import SpanReader
+    from qa.scoring import read_jsonl
 
     ap = argparse.ArgumentParser(prog="python -m training.context_coverage")
     ap.add_argument("--data", default=str(DATA))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from qa.config import Config
 from qa.evaluate import evaluate_questions
-from qa.metrics import read_jsonl
+from qa.scoring import read_jsonl
 from training.common import DATA, RTQA, SEED, rtqa_held_out
 
 SQUAD = "squad11_dev13"

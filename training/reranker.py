@@ -40,10 +40,10 @@ from pathlib import Path
 import numpy as np
 
 from qa.config import BUNDLED_MODEL, Config
-from qa.metrics import read_jsonl
 from qa.readers.span import TOP_FILE
 from qa.readers.span import WEIGHTS as READER_WEIGHTS
 from qa.reranker import META_FILE, WEIGHTS, WEIGHTS_FILE
+from qa.scoring import read_jsonl
 from training.common import DATA, SEED, Checkpoint, Progress, device_for, linear_schedule, optimizer_step, trained_state, use_bf16
 from training.retrieval import WORK as TARGETS
 from training.retrieval import cmd_prepare as prepare_targets

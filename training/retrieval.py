@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from qa.config import Config
-from qa.metrics import read_jsonl
+from qa.scoring import read_jsonl
 from training.common import DATA, RTQA, SQUAD_TRAIN, calibration_fold
 
 WORK = Path(__file__).resolve().parent.parent / ".cache" / "retrieval"
@@ -185,7 +185,7 @@ def cmd_fusion(args) -> None:
     found = []
     for q in questions:
         vector = embedder.embed_questions([q["question"]])[0]
-        c = index.candidates(vector, q["question"], config.candidates, None)
+        c = index.rankings(vector, q["question"], config.candidates, None)
         found.append((q["context_id"], c, q["id"].startswith("squad")))
     # The document of every passage a question's candidates name, fetched once in chunks (SQLite
     # caps the variables of one statement).

@@ -47,9 +47,9 @@ from pathlib import Path
 import numpy as np
 
 from qa.config import BUNDLED_MODEL
-from qa.metrics import read_jsonl
 from qa.passages import sentence_spans
 from qa.readers.span import META_FILE, TOP_FILE
+from qa.scoring import read_jsonl
 from training.common import (
     DATA,
     RTQA,
@@ -484,8 +484,8 @@ def cmd_score(args) -> None:
     from transformers import AutoTokenizer
 
     from qa.embedding import resolve_model
-    from qa.metrics import exact_match, f1_score
     from qa.readers.span import load_qa_model
+    from qa.scoring import exact_match, f1_score
 
     torch.set_num_threads(args.threads)
     questions = load_questions(Path(args.data), "calibration")

@@ -10,7 +10,7 @@
 
 from qa.index.base import (
     FORMAT_VERSION,
-    Candidates,
+    Rankings,
     CorpusMissing,
     Index,
     IndexBusy,
@@ -31,7 +31,7 @@ from qa.index.files import current_version, version_dir
 __all__ = [
     "FORMAT_VERSION",
     "BuildSummary",
-    "Candidates",
+    "Rankings",
     "CorpusMissing",
     "Index",
     "IndexBusy",

@@ -89,7 +89,7 @@ class SentenceRow:
 
 
 @dataclass
-class Candidates:
+class Rankings:
     """(passage id, score) rankings, best first: dense passage cosine, best sentence cosine, BM25."""
 
     dense: list[tuple[int, float]]
@@ -230,7 +230,7 @@ class Index(Protocol):
     @property
     def version(self) -> int: ...
 
-    def candidates(self, question_vector: np.ndarray, question: str, n: int, filters: Filters | None) -> Candidates:
+    def rankings(self, question_vector: np.ndarray, question: str, n: int, filters: Filters | None) -> Rankings:
         """The three rankings fusion starts from, each best first, restricted by `filters`."""
         ...
 

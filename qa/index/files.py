@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from qa.config import Config
-from qa.index.base import Candidates, IndexDamaged, Manifest, NoIndex, check_manifest
+from qa.index.base import Rankings, IndexDamaged, Manifest, NoIndex, check_manifest
 from qa.index.lexical import LexicalIndex
 from qa.index.store import Store
 from qa.index.vectors import VectorIndex
@@ -92,14 +92,14 @@ class FilesIndex:
     def version(self) -> int:
         return self.manifest.version
 
-    def candidates(self, question_vector: np.ndarray, question: str, n: int, filters: Filters | None) -> Candidates:
+    def rankings(self, question_vector: np.ndarray, question: str, n: int, filters: Filters | None) -> Rankings:
         """The three rankings fusion starts from, each best first, restricted by `filters`."""
         q = question_vector.reshape(1, -1).astype(np.float32)
         passage_params = sentence_params = allowed = None
         if filters is not None and not filters.empty():
             allowed_p = self.store.filtered_passage_ids(filters)
             if not allowed_p:
-                return Candidates([], [], [])
+                return Rankings([], [], [])
             allowed = np.asarray(allowed_p, dtype=np.int64)
             passage_params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
             allowed_s = self.store.filtered_sentence_ids(filters)
@@ -112,7 +112,7 @@ class FilesIndex:
             pid = owners.get(sid)
             if pid is not None and pid not in by_sentence:
                 by_sentence[pid] = score
-        return Candidates(dense, list(by_sentence.items()), self.lexical.search(question, n, allowed))
+        return Rankings(dense, list(by_sentence.items()), self.lexical.search(question, n, allowed))
 
     def sentence_embeddings(self, sentence_ids: list[int]) -> np.ndarray:
         """The stored vectors of these sentences, one row each, in order."""

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from qa.metrics import normalize_answer
 from qa.models import Answer, AnswerSource
+from qa.scoring import normalize_answer
 
 #: How many capitalised words a name may gain and still be the same answer ("Ginni Rometty").
 EXTRA_NAME_WORDS = 2

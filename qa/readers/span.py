@@ -313,7 +313,7 @@ class SpanReader:
                 log.warning("span reader stays on torch: ONNX export failed (%s)", exc)
         return TorchLogits(model, self.config.reader_threads)
 
-    def candidates(
+    def scored_spans(
         self, question: str, question_vector: np.ndarray, index: Index, hits: list[Hit], rows: dict[int, PassageRow]
     ) -> list[tuple[Answer, tuple[float, float, float]]]:
         """Distinct spans, best first, each with its calibration features (logit, gap, retrieval)."""
@@ -389,7 +389,7 @@ class SpanReader:
     ) -> list[Answer]:
         scored = [
             answer.model_copy(update={"score": round(self.calibration.probability(*features), 4)})
-            for answer, features in self.candidates(question, question_vector, index, hits, rows)
+            for answer, features in self.scored_spans(question, question_vector, index, hits, rows)
         ]
         if self.config.aggregate != "off" and scored:
             # Copies of one story (the index's near-duplicate clusters) count as one article.

@@ -87,7 +87,7 @@ class DocumentSummary(BaseModel):
     passages: int
 
 
-class Document(DocumentSummary):
+class DocumentDetail(DocumentSummary):
     text: str
     hash: str = Field(description="SHA-256 of the article's content: what incremental indexing compares")
     cluster: str | None = Field(

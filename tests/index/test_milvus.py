@@ -61,7 +61,7 @@ def test_parts_written_one_after_the_other_make_the_same_index_as_one_worker(sam
     # rows were flushed (docs/scale-out.md).
     for cfg in (one, parts):
         index = open_index(cfg)
-        found = index.candidates(embedder.embed(["How late was the ferry to Ostwick?"])[0], "ferry Ostwick", 3, None)
+        found = index.rankings(embedder.embed(["How late was the ferry to Ostwick?"])[0], "ferry Ostwick", 3, None)
         assert index.store.passages([found.dense[0][0]])[found.dense[0][0]].document_id == "ferry-3.txt"
     with pytest.raises(IndexProblem):
         build_index(sample_config, embedder, part=(1, 2))  # the files index has one builder
@@ -93,7 +93,7 @@ def test_the_service_on_milvus(sample_config: Config, tmp_path, embedder) -> Non
 
 def lexical_by_passage(cfg: Config, question: str) -> list[tuple[str, int, float]]:
     index = open_index(cfg)
-    found = index.candidates(np.zeros(384, np.float32), question, 10, None).lexical
+    found = index.rankings(np.zeros(384, np.float32), question, 10, None).lexical
     rows = index.store.passages([pid for pid, _ in found])
     # Passages of equal score come in no defined order (the engines number passages differently).
     return sorted(((rows[pid].document_id, rows[pid].ordinal, round(score, 3)) for pid, score in found), key=lambda r: (-r[2], r[:2]))

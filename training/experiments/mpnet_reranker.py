@@ -37,9 +37,9 @@ def cmd_dump(args) -> None:
     from qa.embedding import Embedder
     from qa.evaluate import build_eval_index, eval_config
     from qa.index import open_index
-    from qa.metrics import read_jsonl
     from qa.reranker import Reranker
     from qa.retriever import Retriever
+    from qa.scoring import read_jsonl
 
     with tempfile.TemporaryDirectory() as tmp:
         paragraphs, questions = eval_sets(Path(DATA), args.set, Path(tmp))

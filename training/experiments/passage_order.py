@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from qa.config import Config
-from qa.metrics import read_jsonl
+from qa.scoring import read_jsonl
 from training.common import DATA
 from training.retrieval import eval_sets
 
@@ -56,7 +56,7 @@ def cmd_dump(args) -> None:
             if config.rerank_passages:
                 head = [h.passage_id for h in hits[: config.rerank_passages]]
                 hits = pipe.reranker.rerank(q["question"], hits, rows, index.store.sentences(head))
-            found = reader.candidates(q["question"], vector, index, hits, rows)
+            found = reader.scored_spans(q["question"], vector, index, hits, rows)
             record = {
                 "id": q["id"],
                 "gold": q["context_id"],
@@ -99,14 +99,14 @@ def cmd_prf(args) -> None:
 
     for q in questions:
         vector = embedder.embed_questions([q["question"]])[0]
-        base = index.candidates(vector, q["question"], config.candidates, None)
+        base = index.rankings(vector, q["question"], config.candidates, None)
         hits, doc = first_doc(base)
         squad = q["id"].startswith("squad")
         found[(0.0, 0, True)].append((squad, doc == q["context_id"]))
         for b, k, both in settings:
             moved = vector + b * np.mean([index.passage_vectors.reconstruct(h.passage_id) for h in hits[:k]], 0)
             moved = (moved / np.linalg.norm(moved)).astype(np.float32)
-            c = index.candidates(moved, q["question"], config.candidates, None)
+            c = index.rankings(moved, q["question"], config.candidates, None)
             if not both:  # the passage search only; sentences keep the question's own vector
                 c.sentence = base.sentence
             found[(b, k, both)].append((squad, first_doc(c)[1] == q["context_id"]))

@@ -9,7 +9,7 @@ import numpy as np
 
 from qa.config import Config
 from qa.index import duplicates
-from qa.index.base import Candidates, IndexMismatch, Manifest, NoIndex, PassageRow, SentenceRow, check_manifest
+from qa.index.base import Rankings, IndexMismatch, Manifest, NoIndex, PassageRow, SentenceRow, check_manifest
 from qa.index.lexical import idf
 from qa.index.milvus.schema import (
     DF_CACHE,
@@ -190,7 +190,7 @@ class MilvusIndex:
     def version(self) -> int:
         return self.manifest.version
 
-    def candidates(self, question_vector: np.ndarray, question: str, n: int, filters: Filters | None) -> Candidates:
+    def rankings(self, question_vector: np.ndarray, question: str, n: int, filters: Filters | None) -> Rankings:
         where = filter_expr(filters)
         expr = f"({where}) and {self.store.live}" if where else self.store.live
         c, q = self.db.client, [question_vector.astype(np.float32).tolist()]
@@ -237,7 +237,7 @@ class MilvusIndex:
             by_sentence.setdefault(int(hit["entity"]["passage_id"]), float(hit["distance"]))
         dense = dense.result()[0]
         lexical = lexical.result()[0] if lexical is not None else []
-        return Candidates(
+        return Rankings(
             [(int(h["id"]), float(h["distance"])) for h in dense],
             list(by_sentence.items()),
             [(int(h["id"]), float(h["distance"])) for h in lexical if h["distance"] > 0],

@@ -14,7 +14,7 @@ from qa.service.schemas import (
     ARTICLE_BODY,
     ArticleIn,
     Deleted,
-    Document,
+    DocumentDetail,
     DocumentPage,
     Saved,
     SavedDocument,
@@ -34,14 +34,14 @@ def documents(
     return DocumentPage(total=index.manifest.documents, offset=offset, limit=limit, documents=index.store.documents(offset, limit))
 
 
-@router.get("/{doc_id:path}", response_model=Document, summary="One article, with its text")
-def document(doc_id: str, pipeline: PipelineDep) -> Document:
+@router.get("/{doc_id:path}", response_model=DocumentDetail, summary="One article, with its text")
+def document(doc_id: str, pipeline: PipelineDep) -> DocumentDetail:
     store = pipeline.index().store
     found = store.document(doc_id)
     if found is None:
         raise HTTPException(404, f"no document {doc_id!r}")
     cluster = store.clusters([doc_id]).get(doc_id, doc_id)
-    return Document(**found, cluster=cluster, copies=[m for m in store.cluster_members(cluster) if m != doc_id])
+    return DocumentDetail(**found, cluster=cluster, copies=[m for m in store.cluster_members(cluster) if m != doc_id])
 
 
 @router.post(
