@@ -130,6 +130,9 @@ class PassageHit(BaseModel):
     date: str | None = None
     url: str | None = None
     source: str | None = None
+    copies: list[str] = Field(
+        default_factory=list, description="Near-duplicate articles whose passages were folded into this one (copies of one story)"
+    )
 
 
 class AskResult(BaseModel):

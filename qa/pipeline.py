@@ -56,6 +56,7 @@ class Pipeline:
         answers = self.reader.read(question, vector, index, hits, rows)
         if self._answer_goes_first(answers, hits):
             hits = sorted(hits, key=lambda h: h.passage_id != answers[0].passage_id)
+        kept, copies = self._fold_copies(index, hits, rows)
         passages = [
             PassageHit(
                 id=h.passage_id,
@@ -69,9 +70,9 @@ class Pipeline:
                 date=rows[h.passage_id].date,
                 url=rows[h.passage_id].url,
                 source=rows[h.passage_id].source,
+                copies=copies.get(h.passage_id, []),
             )
-            for h in hits[:top_k]
-            if h.passage_id in rows
+            for h in kept[:top_k]
         ]
         return AskResult(
             question=question,
@@ -81,6 +82,28 @@ class Pipeline:
             took_ms=round((time.perf_counter() - started) * 1000, 2),
             index_version=index.version,
         )
+
+    @staticmethod
+    def _fold_copies(index: Index, hits: list[Hit], rows: dict) -> tuple[list[Hit], dict[int, list[str]]]:
+        """The hits with copies of one story folded: a passage of an article whose near-duplicate
+        cluster an earlier passage's other article is in is dropped, and that earlier passage lists
+        it. Passages of the same article are not copies of each other."""
+        found = [h for h in hits if h.passage_id in rows]
+        clusters = index.store.clusters(sorted({rows[h.passage_id].document_id for h in found}))
+        kept: list[Hit] = []
+        first: dict[str, tuple[int, str]] = {}  # cluster -> (kept passage, its document)
+        copies: dict[int, list[str]] = {}
+        for h in found:
+            doc = rows[h.passage_id].document_id
+            cluster = clusters.get(doc, doc)
+            if cluster in first and first[cluster][1] != doc:
+                folded = copies.setdefault(first[cluster][0], [])
+                if doc not in folded:
+                    folded.append(doc)
+                continue
+            first.setdefault(cluster, (h.passage_id, doc))
+            kept.append(h)
+        return kept, copies
 
     def _answer_goes_first(self, answers: list[Answer], hits: list[Hit]) -> bool:
         """The span reader has read the passages with the question, which retrieval has not: its

@@ -4,11 +4,13 @@ merged into one answer that lists its sources (qa/readers/aggregate.py)."""
 from __future__ import annotations
 
 import pytest
+from fastapi.testclient import TestClient
 
 from qa.index import build_index, open_index
 from qa.models import Answer
 from qa.pipeline import Pipeline
 from qa.readers.aggregate import aggregate, same_answer
+from qa.service import create_app
 from tests.conftest import write_article
 
 
@@ -93,3 +95,19 @@ def test_copies_of_one_story_count_as_one_article(config, embedder):
     top = Pipeline(config, embedder).ask("Who is the harbour master of Quillport?").answers[0]
     assert "Brenning" in top.text and len(top.sources) == 3
     assert top.articles == 2  # the wire story and its copy are one report
+
+
+def test_copies_of_one_story_take_one_passage_slot_that_lists_them(config, embedder):
+    story = "The new harbour master of Quillport is Alva Brenning, the port authority said on Monday in a statement."
+    write_article(config.corpus, "wire.txt", "Harbour master named", story)
+    write_article(config.corpus, "wire-copy.txt", "Harbour master named (AP)", story + " Reporting by the wire desk.")
+    write_article(config.corpus, "ferry.txt", "Ferries", "The ferry to Ostwick was late again on Tuesday, its captain said.")
+    build_index(config, embedder)
+    passages = Pipeline(config, embedder).ask("Who is the harbour master of Quillport?", top_k=5).passages
+    harbour = [p for p in passages if p.document_id.startswith("wire")]
+    assert len(harbour) == 1 and len(harbour[0].copies) == 1
+    assert {harbour[0].document_id, *harbour[0].copies} == {"wire.txt", "wire-copy.txt"}
+    assert any(p.document_id == "ferry.txt" and p.copies == [] for p in passages)
+    with TestClient(create_app(config, embedder)) as client:  # the web page says so
+        page = client.get("/", params={"q": "Who is the harbour master of Quillport?"}).text
+    assert page.count("also in 1 more article<") == 1
