@@ -10,11 +10,13 @@ import pytest
 from qa.config import Config
 from qa.embedding import Embedder
 from qa.index import build_index
+from qa.models import Filters
 from qa.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "corpus" / "ibm-inspur-partnership.txt"
 IBM_QUESTION = "Why did IBM partner with Inspur?"
+SAMPLE_QUESTIONS = (IBM_QUESTION, "Which chips would Inspur use in its servers?", "What did Chinese banks use?")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -59,6 +61,39 @@ def sample_index(tmp_path_factory, embedder) -> Config:
 @pytest.fixture(scope="session")
 def sample_pipeline(sample_index, embedder) -> Pipeline:
     return Pipeline(sample_index, embedder)
+
+
+def answer_spans(cfg: Config, embedder: Embedder, question: str, filters: Filters | None = None) -> list[tuple]:
+    """The answers' texts, documents and offsets: what both engines must agree on."""
+    result = Pipeline(cfg, embedder).ask(question, filters=filters)
+    return [(a.text, a.document_id, a.start, a.end, a.document_start, a.sentence_start) for a in result.answers]
+
+
+@pytest.fixture(params=["files", "milvus"])
+def engine(request, sample_config: Config, tmp_path: Path) -> Config:
+    """The sample corpus's configuration on each engine: the files under QA_INDEX, and Milvus Lite."""
+    return sample_config.replace(milvus_uri=str(tmp_path / "milvus.db")) if request.param == "milvus" else sample_config
+
+
+#: Three independent reports of one fact, worded differently (copies would count once).
+HARBOUR_REPORTS = {
+    "wire": "The new harbour master of Quillport is Alva Brenning, the port authority said on Monday.",
+    "daily": "Quillport's harbour master is now Alva Brenning, who starts work after thirty years at sea.",
+    "weekly": "Fishermen welcomed Alva Brenning, named harbour master of Quillport last week by the council.",
+}
+HARBOUR_QUESTION = "Who is the harbour master of Quillport?"
+#: One wire story; `write_wire_copies` writes it and a copy with a line added.
+WIRE_STORY = "The new harbour master of Quillport is Alva Brenning, the port authority said on Monday in a statement."
+
+
+def write_harbour_reports(folder: Path) -> None:
+    for name, text in HARBOUR_REPORTS.items():
+        write_article(folder, f"{name}.txt", f"Harbour news from the {name} desk", text)
+
+
+def write_wire_copies(folder: Path) -> None:
+    write_article(folder, "wire.txt", "Harbour master named", WIRE_STORY)
+    write_article(folder, "wire-copy.txt", "Harbour master named (AP)", WIRE_STORY + " Reporting by the wire desk.")
 
 
 def write_article(folder: Path, name: str, title: str, *paragraphs: str, date: str | None = None) -> Path:

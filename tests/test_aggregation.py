@@ -11,7 +11,7 @@ from qa.models import Answer
 from qa.pipeline import Pipeline
 from qa.readers.aggregate import aggregate, same_answer
 from qa.service import create_app
-from tests.conftest import write_article
+from tests.conftest import HARBOUR_QUESTION, write_article, write_harbour_reports, write_wire_copies
 
 
 @pytest.mark.parametrize(
@@ -65,16 +65,10 @@ def test_occurrences_merge_into_the_best_one_with_every_source_and_copies_count_
 
 
 def test_an_answer_in_three_articles_is_one_answer_with_three_sources(config, embedder):
-    reports = {  # three independent reports, worded differently (copies would count once)
-        "wire": "The new harbour master of Quillport is Alva Brenning, the port authority said on Monday.",
-        "daily": "Quillport's harbour master is now Alva Brenning, who starts work after thirty years at sea.",
-        "weekly": "Fishermen welcomed Alva Brenning, named harbour master of Quillport last week by the council.",
-    }
-    for name, text in reports.items():
-        write_article(config.corpus, f"{name}.txt", f"Harbour news from the {name} desk", text)
+    write_harbour_reports(config.corpus)
     write_article(config.corpus, "other.txt", "Ferries", "The ferry to Ostwick was late again on Tuesday, its captain said.")
     build_index(config, embedder)
-    result = Pipeline(config, embedder).ask("Who is the harbour master of Quillport?")
+    result = Pipeline(config, embedder).ask(HARBOUR_QUESTION)
     texts = [a.text for a in result.answers]
     assert texts and "Brenning" in texts[0] and len(texts) == len(set(texts))
     top = result.answers[0]
@@ -82,32 +76,28 @@ def test_an_answer_in_three_articles_is_one_answer_with_three_sources(config, em
     store = open_index(config).store
     assert all(store.document(s.document_id)["text"][s.document_start : s.document_end] == s.text for s in top.sources)
 
-    separate = Pipeline(config.replace(aggregate="off"), embedder).ask("Who is the harbour master of Quillport?")
+    separate = Pipeline(config.replace(aggregate="off"), embedder).ask(HARBOUR_QUESTION)
     assert [a.text for a in separate.answers].count(top.text) >= 2 and separate.answers[0].sources == []  # the same answer twice
 
 
 def test_copies_of_one_story_count_as_one_article(config, embedder):
-    story = "The new harbour master of Quillport is Alva Brenning, the port authority said on Monday in a statement."
-    write_article(config.corpus, "wire.txt", "Harbour master named", story)
-    write_article(config.corpus, "wire-copy.txt", "Harbour master named (AP)", story + " Reporting by the wire desk.")
+    write_wire_copies(config.corpus)
     write_article(config.corpus, "local.txt", "Quillport's harbour", "Alva Brenning, the harbour master of Quillport, opened the quay.")
     build_index(config, embedder)
-    top = Pipeline(config, embedder).ask("Who is the harbour master of Quillport?").answers[0]
+    top = Pipeline(config, embedder).ask(HARBOUR_QUESTION).answers[0]
     assert "Brenning" in top.text and len(top.sources) == 3
     assert top.articles == 2  # the wire story and its copy are one report
 
 
 def test_copies_of_one_story_take_one_passage_slot_that_lists_them(config, embedder):
-    story = "The new harbour master of Quillport is Alva Brenning, the port authority said on Monday in a statement."
-    write_article(config.corpus, "wire.txt", "Harbour master named", story)
-    write_article(config.corpus, "wire-copy.txt", "Harbour master named (AP)", story + " Reporting by the wire desk.")
+    write_wire_copies(config.corpus)
     write_article(config.corpus, "ferry.txt", "Ferries", "The ferry to Ostwick was late again on Tuesday, its captain said.")
     build_index(config, embedder)
-    passages = Pipeline(config, embedder).ask("Who is the harbour master of Quillport?", top_k=5).passages
+    passages = Pipeline(config, embedder).ask(HARBOUR_QUESTION, top_k=5).passages
     harbour = [p for p in passages if p.document_id.startswith("wire")]
     assert len(harbour) == 1 and len(harbour[0].copies) == 1
     assert {harbour[0].document_id, *harbour[0].copies} == {"wire.txt", "wire-copy.txt"}
     assert any(p.document_id == "ferry.txt" and p.copies == [] for p in passages)
     with TestClient(create_app(config, embedder)) as client:  # the web page says so
-        page = client.get("/", params={"q": "Who is the harbour master of Quillport?"}).text
+        page = client.get("/", params={"q": HARBOUR_QUESTION}).text
     assert page.count("also in 1 more article<") == 1

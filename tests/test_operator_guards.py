@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -34,11 +33,6 @@ def qa(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def top_answer(cfg: Config, embedder: Embedder) -> tuple[str, str]:
     answer = Pipeline(cfg, embedder).ask(IBM_QUESTION).answers[0]
     return answer.text, answer.document_id
-
-
-@pytest.fixture(params=["files", "milvus"])
-def engine(request, sample_config: Config, tmp_path: Path) -> Config:
-    return sample_config.replace(milvus_uri=str(tmp_path / "milvus.db")) if request.param == "milvus" else sample_config
 
 
 def ten_articles(cfg: Config) -> None:

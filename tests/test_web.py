@@ -12,7 +12,7 @@ import pytest
 
 from qa.index import build_index
 from qa.service import create_app
-from tests.conftest import IBM_QUESTION, SAMPLE, ThreadServer, write_article
+from tests.conftest import HARBOUR_QUESTION, IBM_QUESTION, SAMPLE, ThreadServer, write_article, write_harbour_reports
 
 pytestmark = pytest.mark.browser
 
@@ -183,16 +183,10 @@ def test_article_url_cannot_run_script(page, config, embedder):
 
 
 def test_an_answer_from_several_articles_says_in_how_many_with_links(page, config, embedder, tmp_path):
-    reports = {  # three independent reports, worded differently (copies would count once)
-        "wire": "The new harbour master of Quillport is Alva Brenning, the port authority said on Monday.",
-        "daily": "Quillport's harbour master is now Alva Brenning, who starts work after thirty years at sea.",
-        "weekly": "Fishermen welcomed Alva Brenning, named harbour master of Quillport last week by the council.",
-    }
-    for name, text in reports.items():
-        write_article(config.corpus, f"{name}.txt", f"Harbour news from the {name} desk", text)
+    write_harbour_reports(config.corpus)
     build_index(config, embedder)
     with serving(create_app(config, embedder)) as base:
-        page.goto(base + "/?q=" + "Who is the harbour master of Quillport?".replace(" ", "+"))
+        page.goto(base + "/?q=" + quote_plus(HARBOUR_QUESTION))
         first = page.locator(".answer").first
         assert "Brenning" in first.locator("mark").inner_text()
         assert first.locator(".sources summary").inner_text() == "in 3 articles"

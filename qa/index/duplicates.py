@@ -9,16 +9,17 @@ names what remains (a component that loses its bridge splits, each part naming i
 
 Both engines store each document's signature and cluster id and call `cluster_ids` over every
 signature at each build (`qa/index/store.py`, `qa/index/milvus/build.py`): candidate pairs come
-from LSH banding (BANDS bands of ROWS rows, in numpy), and each is checked on the whole signature.
+from datasketch's LSH (BANDS bands of ROWS rows), and each is checked on the whole signature.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
-from datasketch import MinHash
+from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 NUM_PERM = 128
 #: Words per shingle. 5: a changed byline or an added sentence leaves copies of a 300-word article
@@ -66,31 +67,22 @@ def from_hex(text: str) -> np.ndarray:
 
 
 def similar_pairs(ids: list[str], signatures: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """(i, j, estimated Jaccard) of the rows whose estimate is at least `threshold`, i < j."""
-    n = len(ids)
-    if n < 2:
-        return []
+    """(i, j, estimated Jaccard) of the rows whose estimate is at least `threshold`, i < j: the
+    candidates of datasketch's LSH (BANDS x ROWS), each checked on its whole signature."""
     sigs = np.asarray(signatures, dtype=np.uint32)
-    candidates: set[tuple[int, int]] = set()
-    for b in range(BANDS):
-        band = np.ascontiguousarray(sigs[:, b * ROWS : (b + 1) * ROWS])
-        keys = band.view(np.dtype((np.void, band.dtype.itemsize * ROWS))).ravel()
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        ends = np.r_[starts[1:], n]
-        for s, e in zip(starts, ends):
-            if e - s > 1:
-                members = sorted(order[s:e].tolist())
-                candidates.update((members[x], members[y]) for x in range(len(members)) for y in range(x + 1, len(members)))
-    if not candidates:
+    if len(ids) < 2:
         return []
-    pairs = np.asarray(sorted(candidates), dtype=np.int64)
+    lsh = MinHashLSH(num_perm=NUM_PERM, params=(BANDS, ROWS))
+    hashes = [LeanMinHash(seed=SEED, hashvalues=row, scheme=SCHEME) for row in sigs]
+    with lsh.insertion_session() as session:
+        for k, h in enumerate(hashes):
+            session.insert(k, h, check_duplication=False)
     out: list[tuple[int, int, float]] = []
-    for k in range(0, len(pairs), 100_000):
-        chunk = pairs[k : k + 100_000]
-        estimate = (sigs[chunk[:, 0]] == sigs[chunk[:, 1]]).mean(axis=1)
-        out += [(int(i), int(j), float(x)) for (i, j), x in zip(chunk, estimate) if x >= threshold]
+    for i, h in enumerate(hashes):
+        for j in sorted(k for k in lsh.query(h) if k > i):
+            estimate = float((sigs[i] == sigs[j]).mean())
+            if estimate >= threshold:
+                out.append((i, j, estimate))
     return out
 
 
@@ -116,7 +108,5 @@ def cluster_ids(signatures: dict[str, np.ndarray], threshold: float) -> dict[str
 
 def cluster_counts(clusters: Iterable[str]) -> tuple[int, int]:
     """(copies, clusters of more than one document) from the cluster ids of every document."""
-    sizes: dict[str, int] = {}
-    for c in clusters:
-        sizes[c] = sizes.get(c, 0) + 1
+    sizes = Counter(clusters)
     return sum(n - 1 for n in sizes.values()), sum(1 for n in sizes.values() if n > 1)

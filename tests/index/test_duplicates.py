@@ -29,13 +29,6 @@ OTHER = (
 )
 
 
-@pytest.fixture(params=["files", "milvus"])
-def engine(request, sample_config: Config, tmp_path) -> Config:
-    if request.param == "milvus":
-        return sample_config.replace(milvus_uri=str(tmp_path / "milvus.db"))
-    return sample_config
-
-
 def wire() -> list[Document]:
     """One story three times (a copy with a changed byline, one with a sentence added) and another story."""
     return [

@@ -13,21 +13,9 @@ from qa.embedding import Embedder
 from qa.index import build_index, open_index
 from qa.models import Document, Filters
 from qa.pipeline import Pipeline
-from tests.conftest import IBM_QUESTION
-
-QUESTIONS = (IBM_QUESTION, "Which chips would Inspur use in its servers?", "What did Chinese banks use?")
+from tests.conftest import IBM_QUESTION, SAMPLE_QUESTIONS as QUESTIONS, answer_spans as answers
 
 
-@pytest.fixture(params=["files", "milvus"])
-def engine(request, sample_config: Config, tmp_path) -> Config:
-    if request.param == "milvus":
-        return sample_config.replace(milvus_uri=str(tmp_path / "milvus.db"))
-    return sample_config
-
-
-def answers(cfg: Config, embedder: Embedder, question: str, filters: Filters | None = None) -> list[tuple]:
-    result = Pipeline(cfg, embedder).ask(question, filters=filters)
-    return [(a.text, a.document_id, a.start, a.end, a.document_start, a.sentence_start) for a in result.answers]
 
 
 def test_both_engines_give_the_same_answers_with_the_same_offsets(sample_config: Config, tmp_path, embedder: Embedder) -> None:

@@ -11,21 +11,9 @@ from qa.embedding import Embedder
 from qa.index import IndexProblem, build_index, open_index
 from qa.models import Document, Filters
 from qa.pipeline import Pipeline
-from tests.conftest import IBM_QUESTION, write_article
-
-QUESTIONS = (IBM_QUESTION, "Which chips would Inspur use in its servers?", "What did Chinese banks use?")
+from tests.conftest import IBM_QUESTION, SAMPLE_QUESTIONS as QUESTIONS, answer_spans as answers, write_article
 
 
-@pytest.fixture(params=["files", "milvus"])
-def engine(request, sample_config: Config, tmp_path) -> Config:
-    if request.param == "milvus":
-        return sample_config.replace(milvus_uri=str(tmp_path / "milvus.db"))
-    return sample_config
-
-
-def answers(cfg: Config, embedder: Embedder, question: str, filters: Filters | None = None) -> list[tuple]:
-    result = Pipeline(cfg, embedder).ask(question, filters=filters)
-    return [(a.text, a.document_id, a.start, a.end, a.document_start, a.sentence_start) for a in result.answers]
 
 
 def test_parts_written_one_after_the_other_make_the_same_index_as_one_worker(sample_config: Config, tmp_path, embedder) -> None:

@@ -17,6 +17,7 @@ from qa.index.milvus.schema import (
     SEARCH_LIMIT,
     SENTENCE_PROBE,
     SENTENCE_VECTORS_KEPT,
+    DOCUMENTS_KEPT,
     Milvus,
     analyzer,
     clients_lock,
@@ -34,6 +35,7 @@ class MilvusStore:
     def __init__(self, db: Milvus, version: int) -> None:
         self.db, self.version, self.live = db, version, visible(version)
         self.sentence_vectors: dict[int, list[float]] = {}
+        self._clusters: dict[str, str | None] = {}  # document id -> cluster (None: not in this version)
 
     def rows_in(self, collection: str, expr: str, fields: list[str], limit: int | None = None) -> list[dict]:
         """Rows matching `expr` in this version. With `limit` unset, every row: one plain query when
@@ -146,10 +148,14 @@ class MilvusStore:
 
     def clusters(self, document_ids: list[str]) -> dict[str, str]:
         """Document id -> the id of its cluster of near-duplicates (itself when it has no copy)."""
-        if not document_ids:
-            return {}
-        expr = f"chunk == 0 and document_id in {json.dumps(list(document_ids))}"
-        return {r["document_id"]: r["cluster"] for r in self.rows_in(self.db.documents, expr, ["document_id", "cluster"])}
+        # A version never changes: what was read is kept (a question asks twice, for its passages and its answers).
+        if len(self._clusters) > DOCUMENTS_KEPT:
+            self._clusters.clear()
+        if missing := sorted(set(document_ids) - self._clusters.keys()):
+            expr = f"chunk == 0 and document_id in {json.dumps(missing)}"
+            found = {r["document_id"]: r["cluster"] for r in self.rows_in(self.db.documents, expr, ["document_id", "cluster"])}
+            self._clusters |= {d: found.get(d) for d in missing}
+        return {d: self._clusters[d] for d in document_ids if self._clusters.get(d) is not None}
 
     def cluster_members(self, cluster_id: str) -> list[str]:
         """The ids of the documents in a cluster, the head (`cluster_id`) first; [] for no such cluster."""

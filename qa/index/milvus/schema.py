@@ -59,6 +59,7 @@ DF_CACHE = 500_000  # terms whose document frequency a version keeps in memory o
 # their near-duplicate cluster and MinHash signature (qa/index/duplicates.py), versioned with the row.
 SCHEMA = 4
 SENTENCE_VECTORS_KEPT = 20_000  # sentence vectors read with their sentences, kept for the reader
+DOCUMENTS_KEPT = 100_000  # documents whose cluster a version keeps once read
 analyzer = Analyzer()  # BM25's, shared by reading and building
 
 
