@@ -103,7 +103,7 @@ class Answer(BaseModel):
     passage_id: int
     document_id: str
     title: str
-    date: str | None = None
+    date: str | None = Field(None, description="The date of its newest source")
     url: str | None = None
     sources: list[AnswerSource] = Field(
         default_factory=list,
@@ -135,6 +135,22 @@ class PassageHit(BaseModel):
     )
 
 
+class TemporalIntent(BaseModel):
+    """What a question says about time (qa/temporal.py), and the day it is read relative to."""
+
+    kind: str = Field(description="recent (newer passages preferred) or period (passages dated inside it preferred)")
+    reference: str = Field(description="The day the question is asked relative to: as_of, else today")
+    phrase: str = Field(description="The words of the question that say it")
+    start: str | None = Field(None, description="period: its first day")
+    end: str | None = Field(None, description="period: its last day")
+
+
+class TimelineEntry(BaseModel):
+    date: str
+    text: str
+    score: float
+
+
 class AskResult(BaseModel):
     question: str
     answers: list[Answer]
@@ -144,3 +160,8 @@ class AskResult(BaseModel):
     no_answer: bool
     took_ms: float
     index_version: int | None = None
+    temporal: TemporalIntent | None = Field(None, description="The question's temporal intent, when it has one (dates then weigh in)")
+    timeline: list[TimelineEntry] = Field(
+        default_factory=list,
+        description="When the answers differ and come from different dates: each answer with its date (its newest source's), newest first",
+    )

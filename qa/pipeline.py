@@ -12,10 +12,12 @@ import time
 from qa.config import Config
 from qa.embedding import Embedder
 from qa.index import Index, open_index, published_version
-from qa.models import Answer, AskResult, Filters, PassageHit
+from qa.models import Answer, AskResult, Filters, PassageHit, TemporalIntent, TimelineEntry
 from qa.readers import Reader, make_reader
+from qa.readers.aggregate import same_answer
 from qa.reranker import Reranker
 from qa.retriever import Hit, Retriever
+from qa.temporal import date_prior, temporal_intent, without_phrase
 
 
 class Pipeline:
@@ -48,12 +50,18 @@ class Pipeline:
         index = self.index()
         vector = self.embedder.embed_questions([question])[0]
         wanted = max(top_k, self.config.read_passages, self.config.rerank_passages)
-        hits = self.retriever.retrieve(index, vector, question, wanted, filters)
+        intent = temporal_intent(question, filters.as_of if filters else None) if self.config.recency_weight > 0 else None
+        # A question that says when re-orders all the candidates by date, not only the first few.
+        hits = self.retriever.retrieve(index, vector, question, max(wanted, self.config.candidates) if intent else wanted, filters)
         rows = index.store.passages([h.passage_id for h in hits])
+        if intent is not None and not any(rows[h.passage_id].date for h in hits if h.passage_id in rows):
+            intent = None  # nothing dated to weigh: the question is read as it is
+        if intent is not None:
+            hits = self._weigh_dates(hits, rows, intent)[:wanted]
         if self.config.rerank_passages:
             head = [h.passage_id for h in hits[: self.config.rerank_passages]]
             hits = self.reranker.rerank(question, hits, rows, index.store.sentences(head))
-        answers = self.reader.read(question, vector, index, hits, rows)
+        answers = self.reader.read(without_phrase(question, intent), vector, index, hits, rows)
         if self._answer_goes_first(answers, hits):
             hits = sorted(hits, key=lambda h: h.passage_id != answers[0].passage_id)
         kept, copies = self._fold_copies(index, hits, rows)
@@ -81,7 +89,18 @@ class Pipeline:
             no_answer=not answers,
             took_ms=round((time.perf_counter() - started) * 1000, 2),
             index_version=index.version,
+            temporal=intent,
+            timeline=timeline(answers),
         )
+
+    def _weigh_dates(self, hits: list[Hit], rows: dict, intent: TemporalIntent) -> list[Hit]:
+        """The hits re-scored by their passages' dates (qa/temporal.py), best first."""
+        weight, half_life = self.config.recency_weight, self.config.recency_half_life_days
+        for h in hits:
+            row = rows.get(h.passage_id)
+            prior = date_prior(intent, row.date if row else None, half_life)
+            h.score = max(0.0, h.score - weight * (1.0 - prior))
+        return sorted(hits, key=lambda h: -h.score)
 
     @staticmethod
     def _fold_copies(index: Index, hits: list[Hit], rows: dict) -> tuple[list[Hit], dict[int, list[str]]]:
@@ -113,3 +132,16 @@ class Pipeline:
         return bool(
             answers and self.config.reader == "span" and answers[0].score >= self.config.answer_passage_first and hits[0].relevance is None
         )
+
+
+def timeline(answers: list[Answer]) -> list[TimelineEntry]:
+    """The answers newest first, each with its date, when they differ and their dates do too
+    ("2020-04-06: Arvind Krishna · 2014-08-23: Ginni Rometty"); empty otherwise."""
+    distinct: list[Answer] = []
+    for a in answers:
+        if a.date and not any(same_answer(a.text, b.text) for b in distinct):
+            distinct.append(a)
+    if len(distinct) < 2 or len({a.date for a in distinct}) < 2:
+        return []
+    ordered = sorted(distinct, key=lambda a: (a.date, a.score), reverse=True)
+    return [TimelineEntry(date=a.date, text=a.text, score=a.score) for a in ordered]

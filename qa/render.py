@@ -12,13 +12,16 @@ def render_text(result: AskResult, color: bool = False) -> str:
     lines = [f"Q: {result.question}", ""]
     if result.no_answer:
         lines.append("No answer found in the indexed articles.")
+    if result.timeline:
+        lines += ["Over time: " + " · ".join(f"{t.date}: {t.text}" for t in result.timeline), ""]
     for n, a in enumerate(result.answers, 1):
         s = a.start - a.sentence_start
         e = a.end - a.sentence_start
         marked = a.sentence[:s] + bold(a.sentence[s:e]) + a.sentence[e:]
         lines.append(f"{n}. {a.text}")
         lines.append(textwrap.indent(textwrap.fill(marked, 100), "   "))
-        lines.append(f"   {a.title}" + (f" ({a.date})" if a.date else "") + f"  score {a.score:.2f}")
+        also = f"  in {a.articles} articles" if a.articles > 1 else ""
+        lines.append(f"   {a.title}" + (f" ({a.date})" if a.date else "") + f"  score {a.score:.2f}{also}")
         lines.append("")
     lines.append("Passages:")
     for p in result.passages:

@@ -9,8 +9,8 @@ Two spans are the same answer when their SQuAD-normalised text is the same ("Sud
 or when one is the other with at most two capitalised words before or after it ("Rometty" /
 "Ginni Rometty", "Krishna" / "Arvind Krishna"): a name with its first name or a title added.
 
-The merged answer's text, offsets, sentence and document are its best occurrence's, and its
-`score` stays that occurrence's calibrated probability. `support` is the noisy-OR of the best
+The merged answer's text, offsets, sentence and document are its best occurrence's, its `date`
+its newest source's, and its `score` stays that occurrence's calibrated probability. `support` is the noisy-OR of the best
 probability in each independent article: the chance that at least one of them is right if they
 were independent evidence. It is not calibrated; `QA_AGGREGATE=support` ranks by it.
 """
@@ -91,4 +91,6 @@ def _merge(group: list[Answer], cluster_of: Callable[[str], str]) -> Answer:
         )
         for a in sorted(group, key=lambda a: -a.score)
     ]
-    return best.model_copy(update={"sources": sources, "articles": len(per_article), "support": round(1.0 - missed, 4)})
+    dates = [a.date for a in group if a.date]
+    newest = max(dates) if dates else best.date
+    return best.model_copy(update={"sources": sources, "articles": len(per_article), "support": round(1.0 - missed, 4), "date": newest})

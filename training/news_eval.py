@@ -1,0 +1,244 @@
+"""The news evaluation at scale, in one command (`make eval-news`):
+
+    python -m training.news_eval [--split tune|held-out] [--articles N] [--limit N] [--json OUT]
+
+The corpus (../shared/data, never committed; built once into .cache/news-eval/, reused):
+- the evidence passages of the RealTimeQA questions, each dated by its quiz date;
+- all of news_2022 (4,886 pages, dated from their URLs where the URL holds a date: 4,655 do);
+- all of bbc_news (2,225 articles, its 100 known copies included; undated).
+
+The questions: RealTimeQA's extractive ones (the answer is in the evidence), each asked `as_of`
+its quiz date, as a reader of that week would have asked it. Weeks before 2021/08 tune (the
+retriever and reader trained on the weeks before 2021/07, training/retrieval.py); 2021/08 to
+2021/12 are held out. The same run measures squad11_dev13, so that a news gain is not paid for
+on SQuAD, and asks each news question again as of the week before its quiz (its evidence then
+left out: the archive does not hold the story yet) for the abstention curve.
+
+Each part can be switched off to see what it is worth: `--parts all,-as_of,-recency,-aggregate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+from qa.config import Config
+from qa.corpus import date_from_url
+from qa.scoring import read_jsonl
+from training.common import DATA, RTQA
+from training.retrieval import RTQA_HELD_OUT_FROM
+
+WORK = Path(__file__).resolve().parent.parent / ".cache" / "news-eval"
+NEWS_2022 = ("news_2022/articles-00.jsonl", "news_2022/articles-01.jsonl")
+BBC = "bbc_news/articles.jsonl"
+
+
+def iso(quiz_date: str) -> str:
+    """RealTimeQA's "2020/01/03" as "2020-01-03"."""
+    return quiz_date.replace("/", "-")
+
+
+def corpus(data: Path, articles: int | None = None) -> list[dict]:
+    """The evaluation corpus as paragraph records (id, title, context, date, url, source), in a
+    fixed order; `articles` keeps only the first N of news_2022 and of bbc_news (a quick run)."""
+    dates = {q["id"]: iso(q["date"]) for q in read_jsonl(data / RTQA / "questions.jsonl")}
+    records = [
+        {
+            "id": p["id"],
+            "title": p["title"],
+            "context": p["context"],
+            "date": dates.get(p.get("question_id", "")),
+            "url": p.get("url"),
+            "source": "RealTimeQA evidence",
+        }
+        for p in read_jsonl(data / RTQA / "paragraphs.jsonl")
+    ]
+    for rel, source in [(r, "news_2022") for r in NEWS_2022] + [(BBC, "bbc_news")]:
+        for taken, r in enumerate(read_jsonl(data / rel)):
+            if articles is not None and taken >= articles:
+                break
+            records.append(
+                {
+                    "id": str(r["id"]),
+                    "title": r.get("title") or "",
+                    "context": r["text"],
+                    "date": date_from_url(r.get("url")),
+                    "url": r.get("url"),
+                    "source": source,
+                }
+            )
+    return records
+
+
+def write_paragraphs(records: list[dict], articles: int | None) -> Path:
+    """The corpus as one paragraphs file (its digest keys the reused index, qa.evaluate.eval_config)."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / ("paragraphs.jsonl" if articles is None else f"paragraphs-{articles}.jsonl")
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def news_questions(data: Path, split: str) -> list[dict]:
+    """RealTimeQA's extractive questions of a split, each with `as_of` its quiz date."""
+    out = []
+    for q in read_jsonl(data / RTQA / "questions.jsonl"):
+        if not (q.get("answer_in_context") and q.get("context_id") and q.get("answers")):
+            continue
+        held_out = q["date"] >= RTQA_HELD_OUT_FROM
+        if (split == "held-out") == held_out:
+            out.append({**q, "as_of": iso(q["date"])})
+    return out
+
+
+def week_before(day: str) -> str:
+    return (dt.date.fromisoformat(day) - dt.timedelta(days=7)).isoformat()
+
+
+#: What each part switched off changes: a Config change, or asking without `as_of`.
+PARTS = {
+    "all": {},
+    "-as_of": {"as_of": False},
+    "-recency": {"recency_weight": 0.0},
+    "-aggregate": {"aggregate": "off"},
+}
+THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def ask_all(cfg: Config, embedder, questions: list[dict], as_of: bool = True, shift_days: int = 0) -> list[dict]:
+    """Each question asked (at answer threshold 0, so that any threshold can be applied after), with
+    what scoring needs: its top answer's text and score, the evidence's rank, the latency."""
+    from qa.models import Filters
+    from qa.pipeline import Pipeline
+    from qa.scoring import exact_match, f1_score
+
+    pipeline = Pipeline(cfg.replace(answer_threshold=0.0), embedder)
+    pipeline.ask("warm up")
+    rows = []
+    for q in questions:
+        day = q.get("as_of") if as_of else None
+        if day and shift_days:
+            day = (dt.date.fromisoformat(day) - dt.timedelta(days=shift_days)).isoformat()
+        started = time.perf_counter()
+        result = pipeline.ask(q["question"], top_k=20, filters=Filters(as_of=day) if day else None)
+        ms = (time.perf_counter() - started) * 1000
+        ranked = [p.document_id for p in result.passages]
+        top = result.answers[0] if result.answers else None
+        gold = [a["text"] for a in q["answers"]]
+        rows.append(
+            {
+                "id": q["id"],
+                "ms": ms,
+                "rank": ranked.index(q["context_id"]) + 1 if q["context_id"] in ranked else None,
+                "text": top.text if top else "",
+                "score": top.score if top else 0.0,
+                "articles": top.articles if top else 0,
+                "em": exact_match(top.text, gold) if top else 0.0,
+                "f1": f1_score(top.text, gold) if top else 0.0,
+                "temporal": result.temporal.kind if result.temporal else None,
+            }
+        )
+    return rows
+
+
+def summary(rows: list[dict], threshold: float) -> dict:
+    """F1/EM (an answer below the threshold is withheld: 0), recall@1/@5, ECE of the top answer's
+    score against exact match, the share withheld, latency p50/p95."""
+    import numpy as np
+
+    n = len(rows)
+    kept = [r for r in rows if r["score"] >= threshold and r["text"]]
+    bins = np.minimum((np.array([r["score"] for r in kept]) * 10).astype(int), 9) if kept else np.array([])
+    ece = 0.0
+    for b in range(10):
+        inside = [r for r, k in zip(kept, bins) if k == b]
+        if inside:
+            ece += len(inside) / len(kept) * abs(np.mean([r["score"] for r in inside]) - np.mean([r["em"] for r in inside]))
+    ms = [r["ms"] for r in rows]
+    return {
+        "questions": n,
+        "f1": round(sum(r["f1"] for r in kept) / n, 4),
+        "em": round(sum(r["em"] for r in kept) / n, 4),
+        "recall@1": round(sum(r["rank"] == 1 for r in rows) / n, 4),
+        "recall@5": round(sum(r["rank"] is not None and r["rank"] <= 5 for r in rows) / n, 4),
+        "ece": round(float(ece), 4),
+        "no_answer_rate": round(1 - len(kept) / n, 4),
+        "temporal": sum(r["temporal"] is not None for r in rows),
+        "ms_p50": round(float(np.percentile(ms, 50)), 1),
+        "ms_p95": round(float(np.percentile(ms, 95)), 1),
+    }
+
+
+def abstention_curve(answerable: list[dict], missing: list[dict]) -> list[dict]:
+    """Per threshold: F1 on the answerable questions (withheld answers score 0) and the share of
+    questions whose evidence is left out that get no answer."""
+    return [
+        {
+            "threshold": t,
+            "answerable_f1": summary(answerable, t)["f1"],
+            "withheld_without_evidence": round(sum(not (r["text"] and r["score"] >= t) for r in missing) / len(missing), 4),
+        }
+        for t in THRESHOLDS
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--split", choices=("tune", "held-out"), default="held-out")
+    parser.add_argument("--articles", type=int, help="Only the first N articles of news_2022 and of bbc_news (a quick run)")
+    parser.add_argument("--limit", type=int, help="Ask only the first N questions of each set")
+    parser.add_argument("--build-only", action="store_true", help="Build (or bring up to date) the index, and stop")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"Which of {', '.join(PARTS)} to run (comma-separated)")
+    parser.add_argument("--no-squad", action="store_true", help="Skip squad11_dev13")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="A setting for every run, e.g. recency_weight=0.2")
+    parser.add_argument("--json", type=Path, help="Write the metrics here too")
+    args = parser.parse_args(argv)
+
+    from qa.embedding import Embedder
+    from qa.evaluate import build_eval_index, eval_config
+
+    records = corpus(args.data, args.articles)
+    paragraphs = write_paragraphs(records, args.articles)
+    config = Config.load(index=WORK / "index", **dict(kv.split("=", 1) for kv in args.set))
+    cfg = eval_config(config, paragraphs)
+    print(f"corpus: {len(records):,} articles ({sum(r['date'] is not None for r in records):,} dated) -> {cfg.index}", file=sys.stderr)
+    embedder = Embedder.from_config(cfg)
+    build_eval_index(cfg, embedder, records)
+    if args.build_only:
+        return
+    threshold = cfg.answer_threshold
+    questions = news_questions(args.data, args.split)[: args.limit]
+    report: dict = {"split": args.split, "corpus_articles": len(records), "threshold": threshold, "settings": args.set, "news": {}}
+    for part in args.parts.split(","):
+        change = dict(PARTS[part])
+        as_of = change.pop("as_of", True)
+        rows = ask_all(cfg.replace(**change), embedder, questions, as_of=as_of)
+        report["news"][part] = summary(rows, threshold)
+        print(f"news {args.split} {part}: {report['news'][part]}", file=sys.stderr, flush=True)
+        if part == "all":
+            missing = ask_all(cfg, embedder, questions, shift_days=7)
+            report["abstention"] = abstention_curve(rows, missing)
+    if not args.no_squad:
+        squad_p, squad_q = args.data / "squad11_dev13" / "paragraphs.jsonl", args.data / "squad11_dev13" / "questions.jsonl"
+        squad_cfg = eval_config(config, squad_p)
+        build_eval_index(squad_cfg, embedder, read_jsonl(squad_p))
+        squad = [q for q in read_jsonl(squad_q) if q.get("answers")][: args.limit]
+        report["squad11_dev13"] = {}
+        for part in ("all", "-aggregate"):
+            rows = ask_all(squad_cfg.replace(**PARTS[part]), embedder, squad)
+            report["squad11_dev13"][part] = summary(rows, threshold)
+            print(f"squad11_dev13 {part}: {report['squad11_dev13'][part]}", file=sys.stderr, flush=True)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
