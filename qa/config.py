@@ -179,6 +179,13 @@ class Config:
     weight_dense: float = fitted("Fusion weight of the passage's cosine")
     weight_sentence: float = fitted("Fusion weight of the best sentence's cosine")
     weight_lexical: float = fitted("Fusion weight of BM25 (scaled by the best BM25 score)")
+    recency_weight: float = setting(
+        0.1,
+        "Questions that say when (this week, the latest, in 2014): fused score a passage loses when far from that time, "
+        "or undated (0: off; qa/temporal.py)",
+        tier="engine",
+    )
+    recency_half_life_days: float = setting(30.0, "Days over which that loss halves: the scale of 'recent'", tier="engine")
     rerank_passages: int = setting(0, "Fused candidates a cross-encoder re-reads and re-orders (0: off; docs/evaluation.md)")
     rerank_weight: float = fitted(
         "Re-ordering by the cross-encoder's logit plus this times the fused retrieval score; the readers trust passages in that order"
@@ -241,6 +248,22 @@ class Config:
     max_question_chars: int = setting(1000, "Longest question accepted", tier="engine")
     max_body_bytes: int = setting(10 * 1024 * 1024, "Largest request body accepted (413 above)", tier="engine")
 
+    # Ingest: watched corpus folder and news feeds (qa/ingest/, docs/ingestion.md).
+    feeds: str = setting(
+        "", "RSS/Atom feeds `qa feeds` and `qa serve --watch` follow: comma-separated URLs, or a file with one URL a line", tier="engine"
+    )
+    feed_interval: float = setting(300.0, "Seconds between two polls of one feed", tier="engine")
+    feed_timeout: float = setting(10.0, "Seconds a feed or article request may take", tier="engine")
+    feed_max_bytes: int = setting(5 * 1024 * 1024, "Largest feed or article page read; a larger one fails", tier="engine")
+    feed_host_delay: float = setting(1.0, "Least seconds between two requests to one host", tier="engine")
+    feed_max_backoff: float = setting(3600.0, "Longest wait before retrying a failing feed or article (doubling from 30 s)", tier="engine")
+    watch_stable_seconds: float = setting(
+        1.0, "A watched file is read once its size and modification time have not changed for this long", tier="engine"
+    )
+    ingest_ledger: Path | None = setting(
+        None, "The SQLite ledger of feed entries and watched files", shown="<QA_INDEX>/ingest.sqlite", tier="engine"
+    )
+
     def __post_init__(self) -> None:
         """Fitted values not given take the shipped weights'; every value allowed is checked here."""
         shipped = fitted_values()
@@ -259,6 +282,9 @@ class Config:
             raise ValueError(f"QA_DEDUP_THRESHOLD: {self.dedup_threshold} is not a similarity above 0 and at most 1")
         if not 0.0 <= self.max_remove_fraction <= 1.0:
             raise ValueError(f"QA_MAX_REMOVE_FRACTION: {self.max_remove_fraction} is not a share between 0 and 1")
+        for name in ("feed_interval", "feed_timeout", "feed_max_bytes", "watch_stable_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"QA_{name.upper()}: {getattr(self, name)} must be above 0")
 
     def indexed_settings(self) -> dict[str, Any]:
         """The settings that change what is indexed: an index records them, and refuses others."""
