@@ -1,4 +1,4 @@
-"""The `qa` command: index, ask, serve, eval. Flags override `QA_*` variables, which override defaults."""
+"""The `qa` command: index, ask, serve, eval, watch, feeds. Flags override `QA_*` variables, which override defaults."""
 
 from __future__ import annotations
 
@@ -130,7 +130,8 @@ def ask(corpus, index_dir, model, milvus_uri, question, top_k, as_json, as_of) -
 @with_common
 @click.option("--host", help="[QA_HOST, default 127.0.0.1]")
 @click.option("--port", type=int, help="[QA_PORT, default 8000]")
-def serve(corpus, index_dir, model, milvus_uri, host, port) -> None:
+@click.option("--watch", is_flag=True, help="Also index what arrives in the corpus folder, and follow QA_FEEDS (`qa watch`).")
+def serve(corpus, index_dir, model, milvus_uri, host, port, watch) -> None:
     """Run the web form and JSON API."""
     import uvicorn
 
@@ -142,7 +143,75 @@ def serve(corpus, index_dir, model, milvus_uri, host, port) -> None:
         require_corpus(cfg.corpus)  # the folder its writes and rebuilds work on
     except IndexProblem as exc:
         raise click.ClickException(str(exc)) from exc
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info")
+    uvicorn.run(create_app(cfg, watch=watch), host=cfg.host, port=cfg.port, log_level="info")
+
+
+@main.command()
+@with_common
+def watch(corpus, index_dir, model, milvus_uri) -> None:
+    """Keep the index up with the corpus folder, and with QA_FEEDS when set, until interrupted.
+
+    A file is read once it has not changed for QA_WATCH_STABLE_SECONDS (docs/ingestion.md)."""
+    import logging
+    import signal
+
+    from qa.embedding import Embedder
+    from qa.index import IndexProblem, require_corpus
+    from qa.ingest import Ingest, feed_urls
+
+    cfg = load_config(corpus, index_dir, model, milvus_uri=milvus_uri)
+    try:
+        require_corpus(cfg.corpus)
+    except IndexProblem as exc:
+        raise click.ClickException(str(exc)) from exc
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    ingest = Ingest(cfg, Embedder.from_config(cfg))
+    signal.signal(signal.SIGTERM, lambda *_: ingest.watcher.stop_event.set())
+    feeds = feed_urls(cfg)
+    click.echo(f"watching {cfg.corpus}" + (f" and {len(feeds)} feeds" if feeds else "") + "; Ctrl-C stops", err=True)
+    if ingest.poller is not None:
+        ingest.poller.start()
+    try:
+        ingest.watcher.run()  # returns on Ctrl-C or SIGTERM
+    finally:
+        ingest.stop()
+
+
+@main.command()
+@with_common
+@click.option("--once", is_flag=True, help="One pass over the feeds, then exit (for cron).")
+@click.option("--feed", "feed", multiple=True, help="A feed URL to follow (repeatable) [QA_FEEDS]")
+@click.option("--wait", type=float, default=0.0, show_default=True, help="Seconds to wait for another poller of the same ledger.")
+def feeds(corpus, index_dir, model, milvus_uri, once, feed, wait) -> None:
+    """Follow RSS and Atom feeds: fetch new articles into the corpus folder and the index."""
+    import logging
+
+    from filelock import Timeout
+
+    from qa.embedding import Embedder
+    from qa.index import IndexProblem, require_corpus
+    from qa.ingest import FeedPoller, feed_urls
+
+    cfg = load_config(corpus, index_dir, model, milvus_uri=milvus_uri, feeds=",".join(feed) or None)
+    if not feed_urls(cfg):
+        raise click.UsageError("no feeds: set QA_FEEDS (URLs, or a file of them) or pass --feed URL")
+    try:
+        require_corpus(cfg.corpus)
+    except IndexProblem as exc:
+        raise click.ClickException(str(exc)) from exc
+    logging.basicConfig(level=logging.INFO if not once else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    poller = FeedPoller(cfg, lambda: Embedder.from_config(cfg))  # the model loads only when there is something to index
+    try:
+        if once:
+            click.echo(poller.run_once(wait).line())
+        else:
+            poller.run()
+    except Timeout as exc:
+        raise click.ClickException(f"another poller is using {poller.lock.lock_file}; try again later") from exc
+    except IndexProblem as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        poller.client.close()
 
 
 @main.command(name="eval")

@@ -256,7 +256,11 @@ class Config:
     feed_timeout: float = setting(10.0, "Seconds a feed or article request may take", tier="engine")
     feed_max_bytes: int = setting(5 * 1024 * 1024, "Largest feed or article page read; a larger one fails", tier="engine")
     feed_host_delay: float = setting(1.0, "Least seconds between two requests to one host", tier="engine")
-    feed_max_backoff: float = setting(3600.0, "Longest wait before retrying a failing feed or article (doubling from 30 s)", tier="engine")
+    feed_max_backoff: float = setting(
+        3600.0,
+        "Longest wait before retrying a failing feed or article (doubling per failure from QA_FEED_INTERVAL, or 30 s if less)",
+        tier="engine",
+    )
     watch_stable_seconds: float = setting(
         1.0, "A watched file is read once its size and modification time have not changed for this long", tier="engine"
     )

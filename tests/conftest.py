@@ -114,7 +114,9 @@ def free_port() -> int:
 class ServeProcess:
     """`qa serve` as a real process on a free loopback port, configured by flags only; logs to `log`."""
 
-    def __init__(self, cfg: Config, log: Path, api_key: str | None = None) -> None:
+    def __init__(
+        self, cfg: Config, log: Path, api_key: str | None = None, args: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> None:
         import os
         import subprocess
         import sys
@@ -122,7 +124,7 @@ class ServeProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QA_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QA_")} | (env or {})
         if api_key:
             env["QA_API_KEY"] = api_key
         with open(log, "ab") as out:
@@ -140,6 +142,7 @@ class ServeProcess:
                     "127.0.0.1",
                     "--port",
                     str(self.port),
+                    *args,
                 ],
                 cwd=ROOT,
                 env=env,

@@ -15,6 +15,8 @@ from qa import __version__
 from qa.config import Config
 from qa.embedding import Embedder
 from qa.index import IndexProblem, NoIndex
+from qa.ingest import Ingest, ledger_path
+from qa.ingest.metrics import IngestCollector
 from qa.pipeline import Pipeline
 from qa.service.metrics import Metrics, RequestMetrics
 from qa.service.middleware import BodyLimit
@@ -25,11 +27,13 @@ from qa.updates import CorpusWriter, Rebuilds, WriteRejected, recover
 REJECTED_STATUS = {"invalid": 422, "unsupported": 415, "missing": 404, "conflict": 409, "busy": 409}
 
 
-def create_app(config: Config | None = None, embedder: Embedder | None = None) -> FastAPI:
+def create_app(config: Config | None = None, embedder: Embedder | None = None, watch: bool = False) -> FastAPI:
+    """`watch`: also run the folder watcher, and the feed poller when QA_FEEDS is set (qa/ingest/)."""
     config = config or Config.load()
     embedder = embedder or Embedder.from_config(config)
     pipeline = Pipeline(config, embedder)
     recover(config)  # writes a crash cut short, settled before serving
+    ingest = Ingest(config, embedder) if watch else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -38,7 +42,11 @@ def create_app(config: Config | None = None, embedder: Embedder | None = None) -
         if config.rerank_passages:
             await run_in_threadpool(pipeline.reranker.warm)
         app.state.models_loaded = True
+        if ingest is not None:
+            ingest.start()
         yield
+        if ingest is not None:
+            await run_in_threadpool(ingest.stop)
 
     app = FastAPI(
         lifespan=lifespan,
@@ -49,6 +57,7 @@ def create_app(config: Config | None = None, embedder: Embedder | None = None) -
     app.state.config, app.state.pipeline = config, pipeline
     app.state.writer, app.state.rebuilds = CorpusWriter(config, embedder), Rebuilds(config, embedder)
     app.state.metrics, app.state.models_loaded = Metrics(), False
+    app.state.metrics.registry.register(IngestCollector(ledger_path(config)))  # feeds and watched files, from the ledger
     app.state.templates = Jinja2Templates(directory=str(config.web / "templates"))
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)

@@ -120,6 +120,16 @@ class Deleted(BaseModel):
     index_version: int | None
 
 
+class IngestStatus(BaseModel):
+    """The watched folder and the feeds (qa/ingest/), from the ledger."""
+
+    last_ingest: str | None = Field(None, description="When a watcher or poller build last changed the index (UTC)")
+    added_last_hour: int = Field(0, description="Articles the watcher and the poller added in the last hour")
+    feeds: int = Field(0, description="Feeds followed")
+    failing_feeds: int = Field(0, description="Feeds whose last poll failed (retried after a backoff)")
+    waiting_entries: int = Field(0, description="Feed entries seen or fetched, not yet indexed")
+
+
 class IndexStatus(BaseModel):
     phase: str = Field(
         description="idle, reading, embedding, publishing, done, failed, or refused: the corpus folder is missing, or the build "
@@ -132,6 +142,7 @@ class IndexStatus(BaseModel):
     finished: str | None = None
     error: str | None = None
     summary: dict | None = Field(None, description="The finished build's counts")
+    ingest: IngestStatus | None = Field(None, description="Watched folder and feeds; null when nothing was ever ingested")
 
 
 class Liveness(BaseModel):

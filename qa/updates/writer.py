@@ -51,7 +51,7 @@ class CorpusWriter:
         record = {"id": doc_id, "title": title.strip(), "text": text, **{k: v for k, v in meta.items() if v}}
         data = json.dumps(record, ensure_ascii=False).encode("utf-8")
         docs = self._parse(f"{safe_name(doc_id)}.json", data)
-        with self._writing():
+        with self.writing():
             # Where the article lives is decided under the lock: a concurrent write may just have created it.
             name = self._file_for(doc_id) or f"{safe_name(doc_id)}.json"
             _, summary = self._write(name, data, docs)
@@ -63,11 +63,20 @@ class CorpusWriter:
         if Path(name).suffix.lower() not in SUFFIXES:
             raise WriteRejected(f"unsupported file type {Path(name).suffix!r}; use one of {', '.join(sorted(SUFFIXES))}", "unsupported")
         docs = self._parse(name, data)
-        with self._writing():
+        with self.writing():
             return self._write(name, data, docs)
 
+    def add_files(self, files: list[tuple[str, bytes]]) -> tuple[list[Document], BuildSummary]:
+        """Several files (name, data) in one step: staged, indexed in one build, then published
+        together (the feed poller's batches). Names are taken as safe names; a file that cannot be
+        read, or whose ids belong to another file, is refused before anything is staged."""
+        named = [(safe_name(name), data) for name, data in files]
+        parsed = [(name, data, self._parse(name, data)) for name, data in named]
+        with self.writing():
+            return self._write_many(parsed)
+
     def delete(self, doc_id: str) -> BuildSummary:
-        with self._writing():
+        with self.writing():
             path = self._existing_path(doc_id)
             if path is None:
                 raise WriteRejected(f"no document {doc_id!r}", "missing")
@@ -83,9 +92,10 @@ class CorpusWriter:
             return summary
 
     @contextmanager
-    def _writing(self) -> Iterator[None]:
+    def writing(self) -> Iterator[None]:
         """The build lock (busy when another build holds it longer than a write waits), with what
-        killed writes left behind settled first."""
+        killed writes left behind settled first. The folder watcher (qa/ingest/watch.py) builds
+        inside it too, so its batches take their turn with every other write."""
         try:
             lock = build_lock(self.config, BUILD_WAIT_SECONDS)
         except IndexBusy as exc:
@@ -105,24 +115,39 @@ class CorpusWriter:
 
     def _write(self, name: str, data: bytes, docs: list[Document]) -> tuple[list[Document], BuildSummary]:
         """Stages `data` as corpus/`name`, indexes its documents, then publishes the file. Holds the lock."""
+        return self._write_many([(name, data, docs)])
+
+    def _write_many(self, files: list[tuple[str, bytes, list[Document]]]) -> tuple[list[Document], BuildSummary]:
+        """Stages each (name, data, documents), indexes all their documents in one build, then
+        publishes the files. Holds the lock."""
         corpus = self.config.corpus.resolve()
-        target = (corpus / name).resolve()
-        if target.parent != corpus:
+        targets = [(corpus / name).resolve() for name, _, _ in files]
+        if any(target.parent != corpus for target in targets):
             raise WriteRejected("the file name must not contain a path")
-        for doc in docs:
-            existing = self._existing_path(doc.id)
-            if existing is not None and existing.resolve() != target:
-                raise WriteRejected(f"document id {doc.id!r} already belongs to {existing.name}", "conflict")
-        staged = self._stage(name, data)
+        if len(set(targets)) != len(targets):
+            raise WriteRejected("two files of one write have the same name", "conflict")
+        owners = self._existing_paths([doc.id for _, _, docs in files for doc in docs])
+        for target, (_, _, docs) in zip(targets, files):
+            for doc in docs:
+                existing = owners.get(doc.id)
+                if existing is not None and existing.resolve() != target:
+                    raise WriteRejected(f"document id {doc.id!r} already belongs to {existing.name}", "conflict")
+        staged: list[Path] = []
         try:
-            previous = [d.id for d in read_file(target, name)] if target.exists() else []
-            gone = [i for i in previous if i not in {d.id for d in docs}]
-            summary = build_index(self.config, self.embedder, upserts=docs, deletes=gone, locked=True)
-            os.replace(staged, target)
+            for name, data, _ in files:
+                staged.append(self._stage(name, data))
+            upserts = [doc for _, _, docs in files for doc in docs]
+            kept = {d.id for d in upserts}
+            previous = [d.id for target, (name, _, _) in zip(targets, files) if target.exists() for d in read_file(target, name)]
+            gone = [i for i in previous if i not in kept]
+            summary = build_index(self.config, self.embedder, upserts=upserts, deletes=gone, locked=True)
+            for path, target in zip(staged, targets):
+                os.replace(path, target)
         except BaseException:
-            staged.unlink(missing_ok=True)
+            for path in staged:
+                path.unlink(missing_ok=True)
             raise
-        return docs, summary
+        return upserts, summary
 
     def _stage(self, name: str, data: bytes) -> Path:
         """`data` durably in corpus/.pending/, under a name no other write uses."""
@@ -137,17 +162,19 @@ class CorpusWriter:
         return staged
 
     def _existing_path(self, doc_id: str) -> Path | None:
+        return self._existing_paths([doc_id]).get(doc_id)
+
+    def _existing_paths(self, doc_ids: list[str]) -> dict[str, Path]:
+        """{document id: the corpus file it was indexed from} for those of `doc_ids` in the index."""
         try:
             index = open_index(self.config)
         except NoIndex:
-            return None
+            return {}
         try:
-            row = index.store.document(doc_id)
+            rows = {doc_id: index.store.document(doc_id) for doc_id in doc_ids}
         finally:
             index.close()
-        if row is None or not row.get("path"):
-            return None
-        return self.config.corpus / row["path"]
+        return {doc_id: self.config.corpus / row["path"] for doc_id, row in rows.items() if row and row.get("path")}
 
     def _file_for(self, doc_id: str) -> str | None:
         path = self._existing_path(doc_id)

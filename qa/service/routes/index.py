@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from qa.index import NoIndex
+from qa.ingest import ingest_status
 from qa.service.deps import ApiKey, ConfigDep, PipelineDep, RebuildsDep
 from qa.service.schemas import Health, IndexStatus, RebuildRequest
 
@@ -33,6 +34,6 @@ def rebuild(rebuilds: RebuildsDep, request: RebuildRequest | None = None) -> Ind
     return IndexStatus(**rebuilds.status_dict())
 
 
-@router.get("/index/status", response_model=IndexStatus, summary="Progress of the last background rebuild")
-def index_status(rebuilds: RebuildsDep) -> IndexStatus:
-    return IndexStatus(**rebuilds.status_dict())
+@router.get("/index/status", response_model=IndexStatus, summary="Progress of the last background rebuild, and the last ingest")
+def index_status(rebuilds: RebuildsDep, config: ConfigDep) -> IndexStatus:
+    return IndexStatus(**rebuilds.status_dict(), ingest=ingest_status(config))

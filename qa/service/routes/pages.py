@@ -7,6 +7,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import ValidationError
 
 from qa.index import IndexProblem, NoIndex
+from qa.ingest import ingest_status
 from qa.models import Filters
 from qa.pipeline import Pipeline
 from qa.service.deps import ConfigDep, MetricsDep, PipelineDep, TemplatesDep, check_question
@@ -45,6 +46,7 @@ def home(
         "error": error,
         "examples": _examples(pipeline),
         "threshold": config.answer_threshold,
+        "ingest": ingest_status(config),
     }
     return templates.TemplateResponse(request, "index.html", context)
 
