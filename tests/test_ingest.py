@@ -7,20 +7,29 @@ with SIGKILL. Nothing reaches the internet.
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from qa.config import Config
 from qa.index import build_index, open_index
 from qa.ingest import FeedPoller, Ledger, Watcher
+from qa.ingest.feeds import canonical_url, entry_doc_id
 from qa.pipeline import Pipeline
-from tests.conftest import write_article
+from qa.updates import PENDING
+from tests.conftest import ROOT, ServeProcess, write_article
 from tests.feedsite import FeedSite, Item
+from tests.test_operations import metric
 
 FACTS = {
     "mayor": ("Brindlecombe elects a mayor", "The mayor of Brindlecombe is Oriel Fenwick, who won the vote on Tuesday by a wide margin."),
@@ -209,3 +218,81 @@ def test_watched_folder_batches_bursts_and_never_reads_half_written_files(config
         assert "bad.json" in again.skipped  # still unreadable, still reported
     finally:
         again.stop()
+
+
+# Real processes: `qa serve --watch` with the poller, and `qa feeds --once` killed mid-batch.
+
+
+def test_serve_watch_answers_dropped_articles_and_feed_entries(sample_config, embedder, tmp_path) -> None:
+    build_index(sample_config, embedder)
+    corpus = sample_config.corpus
+    with FeedSite() as site:
+        site.rss("/rss.xml", [])
+        env = {"QA_FEEDS": site.url("/rss.xml"), "QA_FEED_INTERVAL": "1", "QA_FEED_HOST_DELAY": "0.05", "QA_WATCH_STABLE_SECONDS": "0.5"}
+        server = ServeProcess(sample_config, tmp_path / "serve.log", args=("--watch",), env=env)
+        try:
+            server.wait_ready()
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                wait_for("readiness", lambda: client.get("/readyz").status_code == 200, 60)
+
+                def answered(question: str, expected: str) -> bool:
+                    found = client.get("/api/ask", params={"q": question}).json()["answers"]
+                    return bool(found) and expected in found[0]["text"]
+
+                # An article written slowly into the folder, and a feed entry published twice.
+                text = "Wend bridge to reopen\n\n" + FACTS["bridge"][1] + "\n\nThe council said traffic will be light at first.\n"
+                slow_write(corpus / "bridge.txt", text, 4, 0.2)
+                mayor = publish(site, "mayor")
+                site.rss("/rss.xml", [Item("Mayor", mayor, "guid-mayor"), Item("Mayor (again)", mayor, "guid-mayor")])
+                wait_for(
+                    "the dropped article's answer", lambda: answered("When will the bridge over the river Wend reopen?", "March"), 60, 0.3
+                )
+                wait_for("the feed entry's answer", lambda: answered("Who is the mayor of Brindlecombe?", "Oriel Fenwick"), 60, 0.3)
+
+                assert client.get("/api/documents", params={"limit": 50}).json()["total"] == 3  # sample + bridge + mayor, once
+                text = client.get("/metrics").text
+                feed = site.url("/rss.xml")
+                assert metric(text, "qa_ingest_entries_total", feed=feed, state="seen") == 1
+                assert metric(text, "qa_ingest_entries_total", feed=feed, state="indexed") == 1
+                assert metric(text, "qa_ingest_lag_seconds_count", since="file") == 1
+                assert metric(text, "qa_ingest_lag_seconds_count", since="seen") == 1
+                assert 0 < metric(text, "qa_ingest_lag_seconds_sum", since="seen") < 60
+                ingest = client.get("/api/index/status").json()["ingest"]
+                assert ingest["added_last_hour"] == 2 and ingest["last_ingest"] and ingest["feeds"] == 1
+                assert "2 articles added in the last hour" in client.get("/").text
+        finally:
+            server.stop()
+
+
+def test_poller_killed_at_random_moments_loses_and_doubles_nothing(config, embedder) -> None:
+    write_article(config.corpus, "seed.txt", "Harbour news", "The harbour of Quillport reopened after the winter storms.")
+    build_index(config, embedder)
+    with FeedSite() as site:
+        items = []
+        for k in range(12):
+            path = publish(site, f"kites-{k}", f"The survey at Harlow station {k} counted {k * 11 + 5} red kites over the moor.", delay=0.1)
+            items.append(Item(f"Kites {k}", path, f"kites-{k}" if k % 2 else None))  # half without a GUID: keyed by link
+        site.rss("/rss.xml", items)
+        command = [sys.executable, "-m", "qa.cli", "feeds", "--once", "--feed", site.url("/rss.xml")]
+        command += ["--corpus", str(config.corpus), "--index", str(config.index)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QA_")} | {"QA_FEED_HOST_DELAY": "0.05", "QA_FEED_INTERVAL": "1"}
+        rng = random.Random(45)
+        kills = 0
+        for _ in range(3):
+            proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.5, 5.0))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait()
+        final = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert final.returncode == 0, final.stderr
+        expected = {entry_doc_id(i.guid or canonical_url(site.url(i.path)), site.url(i.path)) for i in items}
+        docs = indexed(config)
+        assert set(docs) == expected | {"seed.txt"}  # none lost; ids are unique, so none doubled
+        assert sorted(p.stem for p in config.corpus.glob("*.json")) == sorted(expected)
+        assert not list((config.corpus / PENDING).glob("*")) if (config.corpus / PENDING).exists() else True
+        assert Ledger.of(config).entry_states() == {"indexed": 12}
+        refetched = sum(max(0, site.hits[i.path] - 1) for i in items)
+        assert refetched <= kills  # only a page in flight when killed is fetched again
+        assert kills >= 2, "the kills must land while the poller runs"
