@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pytest
 
-from qa.readers.calibration import FITTED_SETTINGS, Calibration, fit, reliability
+from qa.readers.calibration import FITTED_SETTINGS, Calibration, MergedCalibration, fit, reliability
 from qa.readers.span import WEIGHTS, SpanReader
 
 
@@ -106,3 +107,17 @@ def test_each_shipped_calibration_holds_at_the_settings_it_was_fitted_at(caplog,
     assert fitted.save(tmp_path, other).name == f"calibration-span_context_tokens={other.span_context_tokens}.json"
     assert Calibration.load(tmp_path, other) == fitted and fitted.stale_settings(other) == {}
     assert Calibration.load(tmp_path, defaults) == Calibration()  # no defaults' fit in that folder
+
+
+def test_the_merged_calibration_is_the_identity_until_fitted_and_then_credits_independent_articles(tmp_path) -> None:
+    assert MergedCalibration().probability(0.42, 0.42, 1) == pytest.approx(0.42, abs=1e-9)
+    # Answers in more independent articles are right more often, at the same best score.
+    rows = [(s, s, n) for s in np.linspace(0.1, 0.9, 9) for n in (1, 3)]
+    x = np.array([MergedCalibration.features(*r) for r in rows for _ in range(20)])
+    rng = np.random.default_rng(0)
+    y = np.array([float(rng.random() < min(0.99, r[0] * (1.3 if r[2] > 1 else 0.8))) for r in rows for _ in range(20)])
+    fitted = MergedCalibration(*fit(x, y))
+    assert fitted.probability(0.5, 0.8, 3) > fitted.probability(0.5, 0.5, 1)
+    fitted.save(tmp_path)
+    assert MergedCalibration.load(tmp_path).probability(0.5, 0.8, 3) == pytest.approx(fitted.probability(0.5, 0.8, 3))
+    assert MergedCalibration.load(tmp_path / "elsewhere") == MergedCalibration()

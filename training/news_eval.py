@@ -74,10 +74,10 @@ def corpus(data: Path, articles: int | None = None) -> list[dict]:
     return records
 
 
-def write_paragraphs(records: list[dict], articles: int | None) -> Path:
+def write_paragraphs(records: list[dict], articles: int | None, work: Path = WORK) -> Path:
     """The corpus as one paragraphs file (its digest keys the reused index, qa.evaluate.eval_config)."""
-    WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / ("paragraphs.jsonl" if articles is None else f"paragraphs-{articles}.jsonl")
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / ("paragraphs.jsonl" if articles is None else f"paragraphs-{articles}.jsonl")
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         path.write_text(text, encoding="utf-8")
@@ -110,14 +110,14 @@ PARTS = {
 THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
-def ask_all(cfg: Config, embedder, questions: list[dict], as_of: bool = True, shift_days: int = 0) -> list[dict]:
+def ask_all(cfg: Config, embedder, questions: list[dict], as_of: bool = True, shift_days: int = 0, reader=None) -> list[dict]:
     """Each question asked (at answer threshold 0, so that any threshold can be applied after), with
     what scoring needs: its top answer's text and score, the evidence's rank, the latency."""
     from qa.models import Filters
     from qa.pipeline import Pipeline
     from qa.scoring import exact_match, f1_score
 
-    pipeline = Pipeline(cfg.replace(answer_threshold=0.0), embedder)
+    pipeline = Pipeline(cfg.replace(answer_threshold=0.0), embedder, reader=reader)
     pipeline.ask("warm up")
     rows = []
     for q in questions:
@@ -141,6 +141,10 @@ def ask_all(cfg: Config, embedder, questions: list[dict], as_of: bool = True, sh
                 "em": exact_match(top.text, gold) if top else 0.0,
                 "f1": f1_score(top.text, gold) if top else 0.0,
                 "temporal": result.temporal.kind if result.temporal else None,
+                # Every answer, for fitting the merged answers' calibration (training.calibrate fit-merged).
+                "answers": [
+                    {"score": a.score, "support": a.support, "articles": a.articles, "f1": f1_score(a.text, gold)} for a in result.answers
+                ],
             }
         )
     return rows
@@ -148,7 +152,7 @@ def ask_all(cfg: Config, embedder, questions: list[dict], as_of: bool = True, sh
 
 def summary(rows: list[dict], threshold: float) -> dict:
     """F1/EM (an answer below the threshold is withheld: 0), recall@1/@5, ECE of the top answer's
-    score against exact match, the share withheld, latency p50/p95."""
+    score against its F1 (what the score is fitted to, training/calibrate.py), the share withheld, latency p50/p95."""
     import numpy as np
 
     n = len(rows)
@@ -158,7 +162,7 @@ def summary(rows: list[dict], threshold: float) -> dict:
     for b in range(10):
         inside = [r for r, k in zip(kept, bins) if k == b]
         if inside:
-            ece += len(inside) / len(kept) * abs(np.mean([r["score"] for r in inside]) - np.mean([r["em"] for r in inside]))
+            ece += len(inside) / len(kept) * abs(np.mean([r["score"] for r in inside]) - np.mean([r["f1"] for r in inside]))
     ms = [r["ms"] for r in rows]
     return {
         "questions": n,
@@ -187,9 +191,51 @@ def abstention_curve(answerable: list[dict], missing: list[dict]) -> list[dict]:
     ]
 
 
+def fit_merged(out: Path, cfg: Config, embedder, data: Path, work: Path, questions: list[dict], limit: int | None) -> dict:
+    """Fits the merged answers' calibration (qa/readers/calibration.py) on every answer, at
+    threshold 0, of the tune weeks' news questions and of the squad11_train calibration fold (never
+    trained on), each answer labelled with its F1, as the occurrences' calibration is; writes it to
+    `out`."""
+    import numpy as np
+
+    from qa.evaluate import build_eval_index, eval_config
+    from qa.readers.calibration import MergedCalibration, fit, reliability
+    from qa.readers.span import SpanReader
+    from training.calibrate import fold_questions, write_set
+
+    def unfitted(config: Config) -> SpanReader:
+        reader = SpanReader(config)
+        reader.merged_calibration = MergedCalibration()  # the scores as they are before this fit
+        return reader
+
+    rows = ask_all(cfg, embedder, questions, reader=unfitted(cfg))
+    squad = fold_questions(data, limit or 1500)
+    folder = work / "calibration_fold"  # reused across runs, as the news index is
+    folder.mkdir(parents=True, exist_ok=True)
+    squad_cfg = eval_config(Config.load(index=work / "index"), write_set(squad, folder))
+    build_eval_index(squad_cfg, embedder, read_jsonl(folder / "paragraphs.jsonl"))
+    rows += ask_all(squad_cfg, embedder, squad, reader=unfitted(squad_cfg))
+    answers = [a for r in rows for a in r["answers"]]
+    x = np.array([MergedCalibration.features(a["score"], a["support"], a["articles"]) for a in answers])
+    y = np.array([a["f1"] for a in answers])
+    weights, bias = fit(x, y)
+    cal = MergedCalibration(
+        weights,
+        bias,
+        f"RealTimeQA tune weeks ({len(questions)} q., as of their quiz dates) and {len(squad)} squad11_train calibration-fold q.: "
+        f"{len(y)} answers, fitted to F1",
+        {"answers": int(len(y)), "multi_article": int(sum(a["articles"] > 1 for a in answers))},
+    )
+    path = cal.save(out)
+    _, before = reliability(np.array([a["score"] for a in answers]), y)
+    _, after = reliability(np.array([cal.probability(a["score"], a["support"], a["articles"]) for a in answers]), y)
+    return {"weights": weights, "bias": bias, "ece_before": before, "ece_after": after, "answers": len(y), "written": str(path)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--work", type=Path, default=WORK, help="Where the corpus file and its index are kept between runs")
     parser.add_argument("--split", choices=("tune", "held-out"), default="held-out")
     parser.add_argument("--articles", type=int, help="Only the first N articles of news_2022 and of bbc_news (a quick run)")
     parser.add_argument("--limit", type=int, help="Ask only the first N questions of each set")
@@ -198,14 +244,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-squad", action="store_true", help="Skip squad11_dev13")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="A setting for every run, e.g. recency_weight=0.2")
     parser.add_argument("--json", type=Path, help="Write the metrics here too")
+    parser.add_argument(
+        "--fit-merged", type=Path, metavar="DIR", help="Fit the merged answers' calibration on the tune weeks, write it to DIR"
+    )
     args = parser.parse_args(argv)
 
     from qa.embedding import Embedder
     from qa.evaluate import build_eval_index, eval_config
 
     records = corpus(args.data, args.articles)
-    paragraphs = write_paragraphs(records, args.articles)
-    config = Config.load(index=WORK / "index", **dict(kv.split("=", 1) for kv in args.set))
+    paragraphs = write_paragraphs(records, args.articles, args.work)
+    config = Config.load(index=args.work / "index", **dict(kv.split("=", 1) for kv in args.set))
     cfg = eval_config(config, paragraphs)
     print(f"corpus: {len(records):,} articles ({sum(r['date'] is not None for r in records):,} dated) -> {cfg.index}", file=sys.stderr)
     embedder = Embedder.from_config(cfg)
@@ -213,6 +262,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.build_only:
         return
     threshold = cfg.answer_threshold
+    if args.fit_merged:
+        tune = news_questions(args.data, "tune")[: args.limit]
+        fitted = fit_merged(args.fit_merged, cfg, embedder, args.data, args.work, tune, args.limit)
+        print(json.dumps(fitted, indent=2))
+        return
     questions = news_questions(args.data, args.split)[: args.limit]
     report: dict = {"split": args.split, "corpus_articles": len(records), "threshold": threshold, "settings": args.set, "news": {}}
     for part in args.parts.split(","):

@@ -87,6 +87,50 @@ class Calibration:
         return path
 
 
+MERGED_FILE = "calibration-merged.json"
+MERGED_FEATURES = ("score", "support", "articles")
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    return math.log(p / (1 - p))
+
+
+@dataclass(frozen=True)
+class MergedCalibration:
+    """The score of an answer merged from several passages (qa/readers/aggregate.py): a logistic
+    regression over its best occurrence's calibrated score, the noisy-OR `support` of its
+    independent articles and how many there are, fitted on merged answers of questions the reader
+    never trained on (`python -m training.news_eval --fit-merged DIR`). The identity until fitted."""
+
+    weights: tuple[float, ...] = (1.0, 0.0, 0.0)
+    bias: float = 0.0
+    fitted_on: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @staticmethod
+    def features(score: float, support: float, articles: int) -> tuple[float, float, float]:
+        return _logit(score), _logit(max(support, score)), math.log(max(articles, 1))
+
+    def probability(self, score: float, support: float, articles: int) -> float:
+        z = self.bias + sum(w * f for w, f in zip(self.weights, self.features(score, support, articles)))
+        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+    @classmethod
+    def load(cls, folder: Path | None) -> MergedCalibration:
+        path = None if folder is None else folder / MERGED_FILE
+        if path is None or not path.exists():
+            return cls()
+        data = json.loads(path.read_text())
+        return cls(tuple(data["weights"]), float(data["bias"]), data.get("fitted_on", ""), data.get("extra", {}))
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / MERGED_FILE
+        path.write_text(json.dumps({"features": list(MERGED_FEATURES), **asdict(self)}, indent=2) + "\n")
+        return path
+
+
 def file_name(config: object) -> str:
     """`calibration.json` at the default reading settings; at others, a file named by them (e.g.
     `calibration-span_context_tokens=128.json`), so that a reader run with

@@ -46,7 +46,7 @@ from qa.readers.base import (
     stem,
     trim,
 )
-from qa.readers.calibration import Calibration
+from qa.readers.calibration import Calibration, MergedCalibration
 from qa.readers.sentence import SentenceReader
 from qa.readers.span_decoding import Logits, read_spans, token_lengths
 from qa.retriever import Hit
@@ -370,6 +370,18 @@ class SpanReader:
             )
         return calibration
 
+    @cached_property
+    def merged_calibration(self) -> MergedCalibration:
+        """The shipped reader's calibration of merged answers (the identity for another model)."""
+        return MergedCalibration.load(WEIGHTS if member_names(self.config.reader_model) == [""] else None)
+
+    def _rescored(self, merged: list[Answer]) -> list[Answer]:
+        """Merged answers scored by their merged calibration: best first, or in the order of their
+        support (QA_AGGREGATE=support)."""
+        cal = self.merged_calibration
+        rescored = [a.model_copy(update={"score": round(cal.probability(a.score, a.support, a.articles), 4)}) for a in merged]
+        return rescored if self.config.aggregate == "support" else sorted(rescored, key=lambda a: -a.score)
+
     def read(
         self, question: str, question_vector: np.ndarray, index: Index, hits: list[Hit], rows: dict[int, PassageRow]
     ) -> list[Answer]:
@@ -395,6 +407,7 @@ class SpanReader:
             # Copies of one story (the index's near-duplicate clusters) count as one article.
             clusters = index.store.clusters(sorted({a.document_id for a in scored}))
             scored = aggregate(scored, lambda doc_id: clusters.get(doc_id, doc_id), by_support=self.config.aggregate == "support")
+            scored = self._rescored(scored)
         return [a for a in scored if a.score >= self.config.answer_threshold][: self.config.max_answers]
 
 
