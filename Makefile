@@ -17,7 +17,7 @@ LATEST_VENV := .cache/latest-venv
 # The CPU build of torch that requirements.in pins (a newer torch from PyPI is a CUDA build).
 TORCH   := $(shell sed -n 's/^torch==//p' requirements.in)
 
-.PHONY: setup browser run index lint test test-latest lock stress bench train-reader train-retriever train-reranker settings clean
+.PHONY: setup browser run index lint test test-latest lock stress bench eval-news train-reader train-retriever train-reranker settings clean
 
 setup: $(STAMP)
 
@@ -81,6 +81,12 @@ stress: setup
 bench: setup
 	$(PIP) -e '.[bench]'
 	$(PY) bench/run.py
+
+# The news evaluation at scale (training/news_eval.py): RealTimeQA's dated evidence mixed into news_2022
+# and bbc_news, each question asked as of its quiz date, the newest weeks held out, each part on and
+# off, the abstention curve, and squad11_dev13 beside it. The index is built once into .cache/news-eval/.
+eval-news: setup
+	$(PY) -m training.news_eval --split held-out --json bench/results/news-eval.json
 
 # The span reader (qa/readers/span.py) on all of SQuAD v1.1 train and the RealTimeQA training split
 # (training/squad_reader.py, seed 13): writes qa/reader_weights/, then fits its score's calibration.
