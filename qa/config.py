@@ -123,6 +123,14 @@ class Config:
         "Search width on a Milvus server: IVF_FLAT lists visited of 1,024 (HNSW: a quarter of its ef); Milvus Lite sets its own",
         tier="engine",
     )
+    milvus_lease_seconds: float = setting(
+        30.0,
+        "How long a builder's lease on a Milvus index lasts unless renewed: a dead builder's is taken after it (docs/scale-out.md)",
+        tier="engine",
+    )
+    milvus_version_poll: float = setting(
+        0.5, "Seconds between two reads of the published version by a replica of a Milvus server", tier="engine"
+    )
 
     # Embedding.
     model: str = setting(

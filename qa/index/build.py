@@ -37,7 +37,9 @@ from qa.index.files import (
 )
 from qa.index.lexical import LexicalIndex
 from qa.index.milvus import MilvusBuild
+from qa.index.milvus import lease as milvus_lease
 from qa.index.milvus.read import MilvusStore
+from qa.index.milvus.schema import Milvus
 from qa.index.store import Store
 from qa.index.vectors import VectorIndex
 from qa.models import Document, Passage
@@ -103,7 +105,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def build_lock(config: Config, wait: float) -> FileLock:
+class BuildLock:
+    """The file lock of this machine and, on Milvus, the build lease that keeps builders on other
+    machines out (qa/index/milvus/lease.py); `release()` lets go of both."""
+
+    def __init__(self, file_lock: FileLock, lease: milvus_lease.Lease | None = None) -> None:
+        self.file_lock, self.lease = file_lock, lease
+
+    def release(self) -> None:
+        try:
+            if self.lease is not None:
+                milvus_lease.release_held(self.lease)
+        finally:
+            self.file_lock.release()
+
+
+def build_lock(config: Config, wait: float, part: tuple[int, int] | None = None) -> BuildLock:
+    """Waits up to `wait` seconds for the build lock (IndexBusy after): `index/.lock`, then on
+    Milvus the build lease, shared by the workers of one `--part I/N` build."""
+    started = time.monotonic()
     config.index.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(config.index / LOCK))
     try:
@@ -113,7 +133,15 @@ def build_lock(config: Config, wait: float) -> FileLock:
             f"another build holds {config.index / LOCK}; wait for it to finish"
             + (f" (waited {wait:.0f}s)" if wait > 0 else " or pass --wait SECONDS")
         ) from exc
-    return lock
+    if not config.milvus_uri:
+        return BuildLock(lock)
+    try:
+        db = Milvus(config)
+        db.ensure_meta()
+        return BuildLock(lock, milvus_lease.hold(db, max(0.0, wait - (time.monotonic() - started)), part))
+    except BaseException:
+        lock.release()
+        raise
 
 
 @contextmanager
@@ -155,7 +183,7 @@ def build_index(
         raise IndexProblem("a build in parts needs the index on Milvus (QA_MILVUS_URI): the files index has one builder")
     if upserts is None and deletes is None:
         require_corpus(config.corpus)
-    lock = None if locked else build_lock(config, wait)
+    lock = None if locked else build_lock(config, wait, part)
     try:
         if config.milvus_uri:
             summary = _build_milvus(config, embedder, rebuild, upserts, deletes, report, show_progress, part, allow_removals)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 import numpy as np
 
 from qa.config import Config
 from qa.embedding import Embedder, vector_backend
 from qa.index import duplicates
-from qa.index.base import IndexMismatch, Manifest, check_manifest
+from qa.index.base import IndexBusy, IndexMismatch, Manifest, check_manifest
 from qa.index.lexical import document_weights
+from qa.index.milvus import lease
 from qa.index.milvus.read import MilvusStore
 from qa.index.milvus.schema import NO_TERMS, TEXT_CHUNK, WRITE_BATCH, Milvus, analyzer, row_id, sentence_id, term_id, visible
 from qa.models import Document
@@ -22,6 +24,10 @@ class MilvusBuild:
 
     With `part=(i, n)` this is worker i of n: it writes only the documents whose id hashes to its
     share, records that its part is in, and the worker that brings in the last part publishes.
+
+    The caller holds the build lease (lease.hold, through qa.index.build_lock): workers of one
+    parted build hold it together; the first of them to hold it starts the build (clears what
+    killed builds left, records the plan), the others join that plan.
     """
 
     def __init__(self, config: Config, embedder: Embedder, rebuild: bool, part: tuple[int, int] | None = None) -> None:
@@ -34,9 +40,13 @@ class MilvusBuild:
         self.previous = found[0] if found else 0
         self.target = self.previous + 1
         plan = {"target": self.target, "parts": part[1] if part else 1, "rebuild": rebuild}
-        if not (part and self.db.meta_value("build") == plan):  # not joining a build under way: start clean
+        joining = part is not None and self.db.meta_value("build") == plan
+        if part is not None and not joining and not lease.held(self.db).first:
+            joining = self._await_plan(plan)  # another worker of this build is starting it
+        if not joining:  # start clean
             self._clean_unpublished()
             self.db.set_meta("build", plan)
+        self.publisher: lease.Lease | None = None  # a parted build's: the worker that publishes
         self.live_hashes: dict[str, str] = {}
         if found:
             manifest = Manifest.parse(found[1])
@@ -57,14 +67,38 @@ class MilvusBuild:
             return True
         return int(hashlib.sha256(doc_id.encode()).hexdigest(), 16) % self.part[1] == self.part[0] - 1
 
+    def _await_plan(self, plan: dict) -> bool:
+        """Waits for the worker that started this parted build to record its plan: True once it
+        has; False after a lease's length (that worker died first), and this one starts it."""
+        deadline = time.monotonic() + self.config.milvus_lease_seconds
+        while time.monotonic() < deadline:
+            if self.db.meta_value("build") == plan:
+                return True
+            time.sleep(0.2)
+        return False
+
     def part_done(self) -> bool:
-        """Records this part as in; True when every part of the build is."""
+        """Records this part as in; True when every part of the build is and this worker is the
+        one to publish (two workers finishing together both see every part in: one wins the
+        `publish-V` lease, the other leaves it the publishing)."""
         assert self.part is not None
         self._drain()
         self._write_df_changes()
         self.db.flush()
         self.db.set_meta(f"part-{self.target}-{self.part[0]}", {"done": True})
-        return all(self.db.meta_value(f"part-{self.target}-{i}") for i in range(1, self.part[1] + 1))
+        if not all(self.db.meta_value(f"part-{self.target}-{i}") for i in range(1, self.part[1] + 1)):
+            return False
+        publisher = lease.Lease(self.db, f"publish-{self.target}", seconds=self.config.milvus_lease_seconds)
+        try:
+            publisher.acquire(0)
+        except IndexBusy:
+            return False
+        found = self.db.current()
+        if found and found[0] >= self.target:  # the other worker published it already
+            publisher.release()
+            return False
+        self.publisher = publisher
+        return True
 
     def _clean_unpublished(self) -> None:
         """Rows of builds that never published (killed): gone, and their removal marks undone."""
@@ -267,7 +301,18 @@ class MilvusBuild:
         self.db.flush()
         n = counts.counts()
         manifest = Manifest.new(self.target, self.config, self.embedder.dimension, vector_backend(self.embedder.backend), n)
-        self.db.publish(manifest)
+        held = lease.held(self.db)
+
+        def still_held() -> None:  # right before the publishing insert: no other builder may have taken over
+            held.check()
+            if self.publisher is not None:
+                self.publisher.check()
+
+        try:
+            self.db.publish(manifest, still_held)
+        finally:
+            if self.publisher is not None:
+                self.publisher.release()
         self.db.client.delete(self.db.meta, filter='key like "part-%" or key == "build"')
         oldest = self.target - self.config.keep_versions
         for name in self.db.versioned:

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from qa.config import Config
 from qa.index import duplicates
-from qa.index.base import Rankings, IndexMismatch, Manifest, NoIndex, PassageRow, SentenceRow, check_manifest
+from qa.index.base import IndexMismatch, Manifest, NoIndex, PassageRow, Rankings, SentenceRow, check_manifest
 from qa.index.lexical import idf
 from qa.index.milvus.schema import (
     DF_CACHE,
+    DOCUMENTS_KEPT,
     QUERY_WINDOW,
     SEARCH_LIMIT,
     SENTENCE_PROBE,
     SENTENCE_VECTORS_KEPT,
-    DOCUMENTS_KEPT,
+    STRONG,
     Milvus,
     analyzer,
+    at,
     clients_lock,
     filter_expr,
+    published,
     sentence_id,
     term_id,
     visible,
@@ -32,8 +37,11 @@ from qa.models import Filters
 class MilvusStore:
     """The read side of one published version, in the shape of `qa.index.store.Store`'s readers."""
 
-    def __init__(self, db: Milvus, version: int) -> None:
+    def __init__(self, db: Milvus, version: int, level: dict | None = None) -> None:
+        """`level`: the consistency of every read, `at(ts)` of the version's publish (what a replica
+        reads); Strong by default (a builder, reading what it or another worker just wrote)."""
         self.db, self.version, self.live = db, version, visible(version)
+        self.level = level or {"consistency_level": STRONG}
         self.sentence_vectors: dict[int, list[float]] = {}
         self._clusters: dict[str, str | None] = {}  # document id -> cluster (None: not in this version)
 
@@ -42,16 +50,16 @@ class MilvusStore:
         they fit its window (the question path: an iterator costs several round trips), else pages."""
         expr = f"({expr}) and {self.live}" if expr else self.live
         if limit is not None:
-            return self.db.client.query(collection, filter=expr, output_fields=fields, limit=limit)
-        rows = self.db.client.query(collection, filter=expr, output_fields=fields, limit=QUERY_WINDOW)
-        return rows if len(rows) < QUERY_WINDOW else self.db.rows(collection, expr, fields)
+            return self.db.client.query(collection, filter=expr, output_fields=fields, limit=limit, **self.level)
+        rows = self.db.client.query(collection, filter=expr, output_fields=fields, limit=QUERY_WINDOW, **self.level)
+        return rows if len(rows) < QUERY_WINDOW else self.db.rows(collection, expr, fields, self.level)
 
     def by_ids(self, collection: str, ids: list[int], fields: list[str]) -> list[dict]:
         """Rows of this version by primary key: a point read on a server (its segments index their
         keys), where a filtered query scans the collection."""
         if not ids:
             return []
-        rows = self.db.client.get(collection, ids=[int(i) for i in ids], output_fields=[*fields, "added", "removed"])
+        rows = self.db.client.get(collection, ids=[int(i) for i in ids], output_fields=[*fields, "added", "removed"], **self.level)
         v = self.version
         return [r for r in rows if r["added"] <= v and (r["removed"] == 0 or r["removed"] > v)]
 
@@ -62,7 +70,7 @@ class MilvusStore:
         sentences 73 ms), where a search filtered to them takes 4 and 15 ms (docs/scale-out.md)."""
         field, vector = self.db.probe(collection)
         hits = self.db.client.search(
-            collection, data=[vector], anns_field=field, limit=most, filter=f"({expr}) and {self.live}", output_fields=fields
+            collection, data=[vector], anns_field=field, limit=most, filter=f"({expr}) and {self.live}", output_fields=fields, **self.level
         )[0]
         return [{**h["entity"], "id": h["id"]} for h in hits]
 
@@ -172,7 +180,7 @@ class MilvusStore:
     def counts(self) -> dict[str, int]:
         def count(collection: str, expr: str = "") -> int:
             expr = f"({expr}) and {self.live}" if expr else self.live
-            return int(self.db.client.query(collection, filter=expr, output_fields=["count(*)"])[0]["count(*)"])
+            return int(self.db.client.query(collection, filter=expr, output_fields=["count(*)"], **self.level)[0]["count(*)"])
 
         return {
             "documents": count(self.db.documents, "chunk == 0"),
@@ -187,9 +195,11 @@ class MilvusStore:
 class MilvusIndex:
     """One published version on Milvus, the `Index` protocol (qa/index/base.py)."""
 
-    def __init__(self, db: Milvus, manifest: Manifest, config: Config) -> None:
+    def __init__(self, db: Milvus, manifest: Manifest, config: Config, ts: int = 0) -> None:
+        """`ts`: the hybrid timestamp the version was published at (its `version-<V>` row's), which
+        every read is made at (schema.at)."""
         self.db, self.manifest, self.config = db, manifest, config
-        self.store = MilvusStore(db, manifest.version)
+        self.store = MilvusStore(db, manifest.version, at(ts))
         self._df: dict[int, int] = {}  # term -> passages holding it, in this version
 
     @property
@@ -199,7 +209,7 @@ class MilvusIndex:
     def rankings(self, question_vector: np.ndarray, question: str, n: int, filters: Filters | None) -> Rankings:
         where = filter_expr(filters)
         expr = f"({where}) and {self.store.live}" if where else self.store.live
-        c, q = self.db.client, [question_vector.astype(np.float32).tolist()]
+        c, q, level = self.db.client, [question_vector.astype(np.float32).tolist()], self.store.level
         ip = {"metric_type": "IP"}
         weights = self.question_weights(question)
         # The three searches are independent: in flight together, a question waits for the slowest.
@@ -213,6 +223,7 @@ class MilvusIndex:
             filter=expr,
             output_fields=["id"],
             search_params=self.db.search_params(self.db.passages, n),
+            **level,
         )
         sent = searches.submit(
             c.search,
@@ -223,6 +234,7 @@ class MilvusIndex:
             filter=expr,
             output_fields=["passage_id"],
             search_params=self.db.search_params(self.db.sentences, n * 3),
+            **level,
         )
         lexical = (
             searches.submit(
@@ -234,6 +246,7 @@ class MilvusIndex:
                 filter=expr,
                 output_fields=["id"],
                 search_params=ip,
+                **level,
             )
             if weights
             else None
@@ -285,18 +298,71 @@ def _searches() -> ThreadPoolExecutor:
         return _pool[0]
 
 
+class VersionWatch:
+    """The published version of one server's index, read with Strong consistency every
+    `QA_MILVUS_VERSION_POLL` seconds by a thread of its own, so a question never waits for a Strong
+    read (~0.4 s on Milvus 2.3.5) and a replica adopts a new version within a poll and a read of
+    its publish. Milvus Lite in a file is read directly: its reads are immediate."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.found: tuple[int, dict] | None = None
+        self.read_at = 0.0  # time.monotonic() of the last read that succeeded
+        self.error: Exception | None = None
+        self.ready = threading.Event()
+        threading.Thread(target=self._run, name="milvus-version-watch", daemon=True).start()
+
+    def _run(self) -> None:
+        db: Milvus | None = None
+        while True:
+            try:
+                db = db or Milvus(self.config)
+                found = db.current()
+                if found is not None or self.found is None:  # (a published index never goes back to none)
+                    self.found = found
+                self.read_at, self.error = time.monotonic(), None
+            except Exception as exc:  # noqa: BLE001 - told to the next caller, who reads itself
+                self.error = exc
+            self.ready.set()
+            time.sleep(self.config.milvus_version_poll)
+
+    def current(self) -> tuple[int, dict] | None:
+        self.ready.wait(30)
+        if self.error is not None or time.monotonic() - self.read_at > max(10.0, 20 * self.config.milvus_version_poll):
+            return Milvus(self.config).current()  # the watch is failing or stuck: read, and raise what fails
+        return self.found
+
+
+_watches: dict[tuple[str, str, str], VersionWatch] = {}
+
+
+def published_now(config: Config) -> tuple[int, dict] | None:
+    """(version, its meta row) that readers should use now: the watch's, or this process's own
+    publish when that is newer (a write through this replica's API is answered from at once)."""
+    if config.milvus_uri.endswith(".db"):
+        return Milvus(config).current()
+    key = (config.milvus_uri, config.milvus_prefix, config.milvus_token)
+    with clients_lock:
+        watch = _watches.get(key) or _watches.setdefault(key, VersionWatch(config))
+    found = watch.current()
+    own = published.get((config.milvus_uri, config.milvus_prefix))
+    if own and (found is None or own[0] > found[0]):
+        return own[0], own[1]
+    return found
+
+
 def current_milvus_version(config: Config) -> int | None:
-    found = Milvus(config).current()
+    found = published_now(config)
     return found[0] if found else None
 
 
 def open_milvus(config: Config) -> MilvusIndex:
     db = Milvus(config)
-    found = db.current()
+    found = published_now(config)
     if found is None:
         raise NoIndex(f"no index yet in Milvus ({config.milvus_uri}, prefix {config.milvus_prefix!r}): run `qa index`")
     manifest = Manifest.parse(found[1])
     check_manifest(manifest, config)
     if problem := db.schema_problem():
         raise IndexMismatch(problem)
-    return MilvusIndex(db, manifest, config)
+    return MilvusIndex(db, manifest, config, int(found[1].get("ts") or 0))

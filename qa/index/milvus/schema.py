@@ -8,11 +8,20 @@ tests), `http://host:19530` a Milvus server or cluster shared by any number of `
 Versions. Every row carries the version that added it (`added`) and the one that removed it
 (`removed`, 0 while it is live); version V sees the rows with `added <= V` and `removed` 0 or
 above V. A build of V+1 inserts its rows with `added = V+1` and marks the rows it drops with
-`removed = V+1`, invisible to readers of V either way; publishing is one upsert of the `current`
-row of the meta collection. A reader reads that row once per question and filters every query by
+`removed = V+1`, invisible to readers of V either way; publishing is one insert of a row
+`version-<V+1>` into the meta collection (the highest is published). A reader reads it once per
+question (a replica of a server: once per poll, `read.VersionWatch`) and filters every query by
 it, so it never sees a half-published build nor mixes two versions; a killed build leaves only
 rows that no published version sees, which the next build removes first. Rows removed more than
 `keep_versions` versions ago are deleted after each publish.
+
+Consistency (docs/scale-out.md, "Consistency"). A Milvus server reads with Bounded consistency
+by default: a read may miss writes of the last few seconds. Every read here states its level:
+the meta collection (the published version, build plans, leases) and every read a builder makes
+are Strong; a replica reads a version's rows at that version's publish timestamp (`ts` in the
+`current` row: "Customized" consistency with that guarantee timestamp), so it sees all of the
+version the moment it adopts it and waits at most once per version for the server to catch up.
+Writes have no level: they are visible to any read whose guarantee timestamp follows them.
 
 Ids are a hash of (document id, content hash, position, version), so what a build writes does
 not depend on the order documents are embedded in.
@@ -31,6 +40,8 @@ import hashlib
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from qa.config import Config
@@ -61,6 +72,17 @@ SCHEMA = 4
 SENTENCE_VECTORS_KEPT = 20_000  # sentence vectors read with their sentences, kept for the reader
 DOCUMENTS_KEPT = 100_000  # documents whose cluster a version keeps once read
 analyzer = Analyzer()  # BM25's, shared by reading and building
+STRONG = "Strong"  # the read sees every write finished before it began; on a server it waits for that (~0.4 s on 2.3.5)
+BOUNDED = "Bounded"  # a server's default: may miss the last seconds' writes (common.gracefulTime, 5 s)
+CUSTOMIZED = "Customized"  # sees every write before the guarantee timestamp passed with it
+# Collections' default level, for any read that would not state its own (every read here does).
+DEFAULT_LEVEL = {"meta": STRONG, "data": BOUNDED}
+
+
+def at(ts: int) -> dict:
+    """A read's consistency for a version published at hybrid timestamp `ts` (0: unknown, as on
+    Milvus Lite, whose reads see every write anyway): it sees every row the version was made of."""
+    return {"consistency_level": CUSTOMIZED, "guarantee_timestamp": ts} if ts else {"consistency_level": STRONG}
 
 
 def term_id(term: bytes) -> int:
@@ -76,6 +98,9 @@ NO_TERMS = {1 << 31: 1.0}
 _clients: dict[tuple[str, str], Any] = {}
 clients_lock = threading.Lock()
 _loaded: set[tuple[str, str]] = set()  # (uri, prefix) whose collections this process has loaded
+# (uri, prefix) -> (version, its `current` value, time.time()) this process published last: its own
+# writes are read at once, without waiting for the next poll of the published version.
+published: dict[tuple[str, str], tuple[int, dict, float]] = {}
 
 
 def client(uri: str, token: str):
@@ -174,7 +199,7 @@ class Milvus:
         return (self.documents, self.passages, self.sentences, self.terms)
 
     def meta_value(self, key: str) -> dict | None:
-        rows = self.client.query(self.meta, filter=f"key == {json.dumps(key)}", output_fields=["value"])
+        rows = self.client.query(self.meta, filter=f"key == {json.dumps(key)}", output_fields=["value"], consistency_level=STRONG)
         return json.loads(rows[0]["value"]) if rows else None
 
     def set_meta(self, key: str, value: dict) -> None:
@@ -198,22 +223,69 @@ class Milvus:
     def current(self) -> tuple[int, dict] | None:
         if not self.client.has_collection(self.meta):
             return None
-        rows = self.client.query(self.meta, filter='key == "current"', output_fields=["value"])
+        rows = self.client.query(self.meta, filter='key like "version-%"', output_fields=["key", "value"], consistency_level=STRONG)
+        if not rows:  # published by code before the fleet change: one `current` row
+            rows = self.client.query(self.meta, filter='key == "current"', output_fields=["key", "value"], consistency_level=STRONG)
         if not rows:
             return None
-        data = json.loads(rows[0]["value"])
+        data = json.loads(max(rows, key=lambda r: r["key"])["value"])
         return int(data["version"]), data
 
-    def publish(self, manifest: Manifest) -> None:
+    def publish(self, manifest: Manifest, check: Callable[[], None] | None = None) -> None:
+        """Makes `manifest`'s version the one readers see: one insert of a row `version-<V>` (the
+        published version is the highest), which carries a hybrid timestamp later than every row
+        of the version (`ts`, read at `at(ts)`). An insert, not an upsert of one `current` row:
+        Milvus Lite's upsert is a delete then an insert, and a read between them found no index.
+        `check` (the build lease's) runs just before that insert and refuses by raising."""
         self.flush()
-        self.client.upsert(self.meta, [{"key": "current", "value": json.dumps(manifest.to_dict()), "dummy": [0.0, 0.0]}])
+        ts = self.write_timestamp()
+        if check is not None:
+            check()
+        value = {**manifest.to_dict(), "ts": ts}
+        self.client.insert(self.meta, [{"key": f"version-{manifest.version:012d}", "value": json.dumps(value), "dummy": [0.0, 0.0]}])
+        published[(self.config.milvus_uri, self.config.milvus_prefix)] = (manifest.version, value, time.time())
+        self.client.delete(self.meta, filter=f'key == "current" or (key like "version-%" and key < "version-{manifest.version - 10:012d}")')
         self.client.flush(self.meta)
+
+    def write_timestamp(self) -> int:
+        """A hybrid timestamp after every write finished so far: the server's timestamp of a write
+        made now (MilvusClient does not return it; the ORM's MutationResult does). 0 on Milvus Lite,
+        which has none to give (its reads see every write)."""
+        if self.lite:
+            return 0
+        import warnings
+
+        from pymilvus import Collection, connections
+
+        alias = f"qa-publish-{abs(hash((self.config.milvus_uri, self.config.milvus_token)))}"
+        with warnings.catch_warnings():  # pymilvus 2.6 calls its ORM deprecated; its MilvusClient has no timestamps yet
+            warnings.simplefilter("ignore")
+            if not connections.has_connection(alias):
+                connections.connect(alias, uri=self.config.milvus_uri, token=self.config.milvus_token or "")
+            result = Collection(self.meta, using=alias).upsert([{"key": "published-at", "value": "{}", "dummy": [0.0, 0.0]}])
+        return int(result.timestamp or 0)
 
     def flush(self) -> None:
         for name in self.versioned:
-            self.client.flush(name)
+            if self.client.has_collection(name):  # (a dense-only index, as on a Milvus 2.3 test server, has fewer)
+                self.client.flush(name)
 
     # Schema.
+
+    def ensure_meta(self) -> None:
+        """The meta collection (published version, plans, leases): Strong by default, as every read of it is."""
+        from pymilvus import DataType
+
+        c = self.client
+        if c.has_collection(self.meta):
+            return
+        schema = c.create_schema(auto_id=False)
+        schema.add_field("key", DataType.VARCHAR, max_length=64, is_primary=True)
+        schema.add_field("value", DataType.VARCHAR, max_length=65535)
+        schema.add_field("dummy", DataType.FLOAT_VECTOR, dim=2)
+        index = c.prepare_index_params()
+        index.add_index("dummy", index_type="FLAT", metric_type="L2")
+        c.create_collection(self.meta, schema=schema, index_params=index, consistency_level=DEFAULT_LEVEL["meta"])
 
     def ensure(self, dimension: int) -> None:
         from pymilvus import DataType
@@ -224,27 +296,22 @@ class Milvus:
         def create(name: str, fields: list[tuple], vectors: list[tuple[str, str, str]]) -> None:
             if c.has_collection(name):
                 return
+            level = DEFAULT_LEVEL["data"]
             schema = c.create_schema(auto_id=False)
             for field in fields:
                 schema.add_field(*field[:2], **(field[2] if len(field) > 2 else {}))
             index = c.prepare_index_params()
             for field, kind, metric in vectors:
                 index.add_index(field, index_type=kind, metric_type=metric, params=INDEX_PARAMS.get(kind, {}))
-            c.create_collection(name, schema=schema, index_params=index)
+            c.create_collection(name, schema=schema, index_params=index, consistency_level=level)
 
+        if fresh and (problem := self.server_problem()):
+            raise IndexProblem(problem)
         version = [("added", DataType.INT64), ("removed", DataType.INT64)]
         dense = self.config.milvus_index
         text = {"max_length": 65535}
         short = {"max_length": 1024}
-        create(
-            self.meta,
-            [
-                ("key", DataType.VARCHAR, {"max_length": 64, "is_primary": True}),
-                ("value", DataType.VARCHAR, text),
-                ("dummy", DataType.FLOAT_VECTOR, {"dim": 2}),
-            ],
-            [("dummy", "FLAT", "L2")],
-        )
+        self.ensure_meta()
         create(
             self.documents,
             [
@@ -313,6 +380,27 @@ class Milvus:
         if fresh:
             self.set_meta("schema", {"version": SCHEMA})
 
+    def server_problem(self) -> str | None:
+        """Why this server cannot hold the index, before any collection is made: BM25 lives in
+        sparse vectors, which Milvus 2.4 added (2.3 accepts the schema and fails on the first write)."""
+        if self.lite:
+            return None
+        quiet = logging.getLogger("pymilvus")
+        level, quiet.level = quiet.level, logging.CRITICAL  # Milvus Lite's "unimplemented" comes with a traceback
+        try:
+            found = str(self.client.get_server_version())
+        except Exception:  # noqa: BLE001 - Milvus Lite 2.5 over TCP answers "unimplemented" (and has sparse vectors)
+            return None
+        finally:
+            quiet.setLevel(level)
+        numbers = [int(n) for n in found.lstrip("v").split("-")[0].split(".")[:2] if n.isdigit()]
+        if len(numbers) == 2 and tuple(numbers) < (2, 4):
+            return (
+                f"the Milvus server at {self.config.milvus_uri} is {found}: the index needs sparse vectors (its BM25), "
+                "which Milvus 2.4 added; use Milvus 2.4 or later (or Milvus Lite 2.5, QA_MILVUS_URI=path.db)"
+            )
+        return None
+
     def search_params(self, collection: str, limit: int) -> dict:
         """How to search a collection's dense vectors, for the index it was made with (read once:
         QA_MILVUS_INDEX only applies to collections made after it was set)."""
@@ -332,11 +420,13 @@ class Milvus:
         for k in range(0, len(rows), WRITE_BATCH):
             self.client.upsert(collection, rows[k : k + WRITE_BATCH])
 
-    def rows(self, collection: str, expr: str, fields: list[str]) -> list[dict]:
-        """Every row matching `expr` (queries are capped, so this pages through them)."""
-        if not self.client.query(collection, filter=expr, output_fields=["count(*)"])[0]["count(*)"]:
+    def rows(self, collection: str, expr: str, fields: list[str], level: dict | None = None) -> list[dict]:
+        """Every row matching `expr` (queries are capped, so this pages through them), read at
+        `level` (`at(ts)` of a version; Strong by default: a builder reads what it just wrote)."""
+        level = level or {"consistency_level": STRONG}
+        if not self.client.query(collection, filter=expr, output_fields=["count(*)"], **level)[0]["count(*)"]:
             return []  # (and Milvus Lite 2.5 fails to read a sparse field from an empty growing segment)
-        it = self.client.query_iterator(collection, filter=expr, output_fields=fields, batch_size=PAGE)
+        it = self.client.query_iterator(collection, filter=expr, output_fields=fields, batch_size=PAGE, **level)
         out: list[dict] = []
         try:
             while batch := it.next():
