@@ -1,0 +1,238 @@
+"""Ingest figures (docs/ingestion.md): how soon a dropped article is answerable, a burst of files
+against `qa index`, and the feed poller killed at random moments.
+
+    python -m bench.ingest latency [--articles PATH.jsonl --limit N]   # p50/p95 from complete file to answerable
+    python -m bench.ingest burst --files 1000                           # watcher vs `qa index` on the same files
+    python -m bench.ingest kills --kills 100                            # `qa feeds --once` SIGKILLed at random moments
+
+Everything runs in a temporary folder, against a loopback feed site (tests/feedsite.py); nothing
+reaches the internet. The model is the default one, loaded once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from qa.config import Config
+from qa.embedding import Embedder
+from qa.index import build_index
+from qa.ingest import Ledger, Watcher
+from qa.ingest.feeds import canonical_url, entry_doc_id
+from qa.pipeline import Pipeline
+from tests.conftest import ROOT, SAMPLE, write_article
+from tests.feedsite import FeedSite, Item
+from tests.test_ingest import indexed, publish
+
+PLACES = ("Brindlecombe", "Quenby", "Harlow", "Skerrow", "Corran", "Wendmouth", "Ashby Vane", "Tollgate", "Marrowby", "Fenwick Cross")
+
+
+def fact(k: int) -> tuple[str, str, str, str]:
+    """(title, text, question, answer) of the k-th invented article."""
+    place = f"{PLACES[k % len(PLACES)]} {k}"
+    name = f"Ardent Vale{k:03d}"
+    text = (
+        f"The new harbour master of {place} is {name}, the port authority said on Monday.\n\n"
+        f"{name} takes over the harbour of {place} after thirty years at sea, and plans to dredge the channel this spring."
+    )
+    return f"Harbour master named in {place}", text, f"Who is the harbour master of {place}?", name
+
+
+def wait_known(watcher: Watcher, rels: set[str], timeout: float = 600) -> float:
+    """Waits until the watcher has published every file of `rels`; returns when (time.time)."""
+    deadline = time.time() + timeout
+    while not rels <= set(watcher.known):
+        if time.time() > deadline:
+            raise TimeoutError(f"{len(rels - set(watcher.known))} files not indexed after {timeout:.0f}s")
+        time.sleep(0.01)
+    return time.time()
+
+
+def latency(args: argparse.Namespace) -> None:
+    """Articles dropped one at a time (half written in place, half renamed in) while the watcher runs."""
+    root = Path(tempfile.mkdtemp(prefix="qa-ingest-latency-"))
+    corpus = root / "corpus"
+    corpus.mkdir()
+    if args.articles:
+        with open(args.articles) as fh, open(corpus / "base.jsonl", "w") as out:
+            for n, line in enumerate(fh):
+                if n >= args.limit:
+                    break
+                out.write(line)
+    else:
+        (corpus / SAMPLE.name).write_text(SAMPLE.read_text())
+    cfg = Config.load(corpus=corpus, index=root / "index")
+    embedder = Embedder.from_config(cfg)
+    started = time.perf_counter()
+    summary = build_index(cfg, embedder)
+    print(
+        f"base index: {summary.documents} documents, {summary.passages} passages, built in {time.perf_counter() - started:.0f}s", flush=True
+    )
+    watcher = Watcher(cfg, embedder).start()
+    watcher.ready.wait(600)
+    seconds = []
+    for k in range(args.drops):
+        title, text, _, _ = fact(k)
+        rel = f"drop-{k:03d}.txt"
+        if k % 2:
+            tmp = root / rel
+            write_article(root, rel, title, *text.split("\n\n"))
+            tmp.rename(corpus / rel)
+        else:
+            write_article(corpus, rel, title, *text.split("\n\n"))
+        complete = time.time()
+        seconds.append(wait_known(watcher, {rel}) - complete)
+        time.sleep(0.5)
+    watcher.stop()
+    pipeline = Pipeline(cfg, embedder)
+    answered = sum(fact(k)[3] in " ".join(a.text for a in pipeline.ask(fact(k)[2]).answers[:1]) for k in range(args.drops))
+    cut = statistics.quantiles(seconds, n=20)
+    print(
+        f"latency, {args.drops} drops into {summary.documents} documents: p50 {statistics.median(seconds):.2f}s, "
+        f"p95 {cut[18]:.2f}s, max {max(seconds):.2f}s (stable window {cfg.watch_stable_seconds:g}s); {answered}/{args.drops} answered",
+        flush=True,
+    )
+
+
+def burst(args: argparse.Namespace) -> None:
+    """The same files indexed by `qa index` (a process, and in-process), and dropped at once under the watcher."""
+    root = Path(tempfile.mkdtemp(prefix="qa-ingest-burst-"))
+    files = root / "files"
+    files.mkdir()
+    for k in range(args.files):
+        title, text, _, _ = fact(k)
+        write_article(files, f"burst-{k:04d}.txt", title, *text.split("\n\n"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QA_")}
+    started = time.perf_counter()
+    run = subprocess.run(
+        [sys.executable, "-m", "qa.cli", "index", "--corpus", str(files), "--index", str(root / "index-cli")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    cli = time.perf_counter() - started
+    print(f"qa index, {args.files} files: {cli:.1f}s wall ({run.stdout.strip().splitlines()[-1]})", flush=True)
+    cfg = Config.load(corpus=files, index=root / "index-inproc")
+    embedder = Embedder.from_config(cfg)
+    embedder.model
+    started = time.perf_counter()
+    build_index(cfg, embedder)
+    inproc = time.perf_counter() - started
+    print(f"build_index in process (model loaded), {args.files} files: {inproc:.1f}s", flush=True)
+
+    corpus = root / "corpus"
+    corpus.mkdir()
+    cfg = Config.load(corpus=corpus, index=root / "index-watch")
+    watcher = Watcher(cfg, embedder).start()
+    watcher.ready.wait(60)
+    builds_before = watcher.builds
+    started = time.time()
+    for path in sorted(files.iterdir()):  # dropped at once: each file copied in, as a crawler writes them
+        (corpus / path.name).write_bytes(path.read_bytes())
+    done = wait_known(watcher, {p.name for p in files.iterdir()}, 3600)
+    watcher.stop()
+    took = done - started
+    builds = watcher.builds - builds_before
+    print(
+        f"watcher, {args.files} files dropped at once: all answerable after {took:.1f}s in {builds} builds; "
+        f"{took / cli:.2f}x `qa index` wall time, {took / inproc:.2f}x its build in process",
+        flush=True,
+    )
+
+
+def kills(args: argparse.Namespace) -> None:
+    """`qa feeds --once` killed with SIGKILL at random moments while new entries keep arriving; then
+    one pass to the end, and the index compared with every entry published."""
+    root = Path(tempfile.mkdtemp(prefix="qa-ingest-kills-"))
+    corpus = root / "corpus"
+    corpus.mkdir()
+    write_article(corpus, "seed.txt", "Harbour news", "The harbour of Quillport reopened after the winter storms.")
+    cfg = Config.load(corpus=corpus, index=root / "index")
+    build_index(cfg, Embedder.from_config(cfg))
+    rng = random.Random(args.seed)
+    with FeedSite() as site:
+        items: list[Item] = []
+
+        def more(n: int) -> None:
+            for _ in range(n):
+                k = len(items)
+                title, text, _, _ = fact(k)
+                path = publish(site, f"harbour-{k}", text.replace("\n\n", " "), title=title, delay=0.02)
+                items.append(Item(title, path, f"harbour-{k}" if k % 2 else None))
+            site.rss("/rss.xml", items)
+
+        more(20)
+        command = [sys.executable, "-m", "qa.cli", "feeds", "--once", "--feed", site.url("/rss.xml"), "--wait", "30"]
+        command += ["--corpus", str(corpus), "--index", str(cfg.index)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QA_")} | {"QA_FEED_HOST_DELAY": "0.01", "QA_FEED_INTERVAL": "0.1"}
+        killed = 0
+        started = time.time()
+        trial = 0
+        while killed < args.kills:  # N kills that land while the poller runs (some runs finish before their moment)
+            trial += 1
+            proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.2, args.longest))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                killed += 1
+            proc.wait()
+            more(rng.randint(0, 3))
+            if trial % 10 == 9:
+                print(
+                    f"  {trial + 1} rounds, {killed} killed mid-run, {len(items)} entries published, {time.time() - started:.0f}s",
+                    flush=True,
+                )
+        final = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        expected = {entry_doc_id(i.guid or canonical_url(site.url(i.path)), site.url(i.path)) for i in items}
+        docs = set(indexed(cfg)) - {"seed.txt"}
+        files = [p.stem for p in corpus.glob("*.json")]
+        refetched = sum(max(0, site.hits[i.path] - 1) for i in items)
+        states = Ledger.of(cfg).entry_states()
+        print(final.stdout.strip(), flush=True)
+        print(
+            json.dumps(
+                {
+                    "rounds": trial,
+                    "killed_mid_run": killed,
+                    "entries": len(items),
+                    "lost": len(expected - docs),
+                    "unexpected": len(docs - expected),
+                    "duplicate_files": len(files) - len(set(files)),
+                    "files": len(files),
+                    "ledger": states,
+                    "pages_fetched_again": refetched,
+                }
+            ),
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("latency")
+    p.add_argument("--articles", help="A JSONL file of articles to index first (e.g. ../shared/data/bbc_news/articles.jsonl)")
+    p.add_argument("--limit", type=int, default=5000)
+    p.add_argument("--drops", type=int, default=20)
+    p = sub.add_parser("burst")
+    p.add_argument("--files", type=int, default=1000)
+    p = sub.add_parser("kills")
+    p.add_argument("--kills", type=int, default=100, help="SIGKILLs that land while `qa feeds --once` runs")
+    p.add_argument("--longest", type=float, default=6.0, help="Longest run before the kill, in seconds")
+    p.add_argument("--seed", type=int, default=45)
+    args = parser.parse_args()
+    {"latency": latency, "burst": burst, "kills": kills}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
