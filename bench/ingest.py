@@ -187,9 +187,9 @@ def kills(args: argparse.Namespace) -> None:
                 killed += 1
             proc.wait()
             more(rng.randint(0, 3))
-            if trial % 10 == 9:
+            if trial % 10 == 0:
                 print(
-                    f"  {trial + 1} rounds, {killed} killed mid-run, {len(items)} entries published, {time.time() - started:.0f}s",
+                    f"  {trial} rounds, {killed} killed mid-run, {len(items)} entries published, {time.time() - started:.0f}s",
                     flush=True,
                 )
         final = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
