@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--build-only", action="store_true", help="Build (or bring up to date) the index, and stop")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"Which of {', '.join(PARTS)} to run (comma-separated)")
     parser.add_argument("--no-squad", action="store_true", help="Skip squad11_dev13")
+    parser.add_argument("--no-curve", action="store_true", help="Skip the abstention curve (a second pass of the questions)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="A setting for every run, e.g. recency_weight=0.2")
     parser.add_argument("--json", type=Path, help="Write the metrics here too")
     parser.add_argument(
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = ask_all(cfg.replace(**change), embedder, questions, as_of=as_of)
         report["news"][part] = summary(rows, threshold)
         print(f"news {args.split} {part}: {report['news'][part]}", file=sys.stderr, flush=True)
-        if part == "all":
+        if part == "all" and not args.no_curve:
             missing = ask_all(cfg, embedder, questions, shift_days=7)
             report["abstention"] = abstention_curve(rows, missing)
     if not args.no_squad:
