@@ -257,9 +257,7 @@ class Config:
     max_body_bytes: int = setting(10 * 1024 * 1024, "Largest request body accepted (413 above)", tier="engine")
 
     # Ingest: watched corpus folder and news feeds (qa/ingest/, docs/ingestion.md).
-    feeds: str = setting(
-        "", "RSS/Atom feeds `qa feeds` and `qa serve --watch` follow: comma-separated URLs, or a file with one URL a line", tier="engine"
-    )
+    feeds: str = setting("", "RSS/Atom feeds `qa feeds` and `qa serve --watch` follow: comma-separated URLs, or a file of them")
     feed_interval: float = setting(300.0, "Seconds between two polls of one feed", tier="engine")
     feed_timeout: float = setting(10.0, "Seconds a feed or article request may take", tier="engine")
     feed_max_bytes: int = setting(5 * 1024 * 1024, "Largest feed or article page read; a larger one fails", tier="engine")
