@@ -66,6 +66,9 @@ class LiteEngine:
         wait_port(self.port, 30, self.proc)
 
     def stop(self) -> None:
+        from qa.index.milvus.read import disconnect
+
+        disconnect(self.uri)  # this process's clients and version watches first: nothing calls a dead engine
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)

@@ -58,15 +58,17 @@ def test_part_workers_started_together_build_one_workers_index_and_a_killed_one_
     build_index(one, embedder)
     assert same_rows(parts, one) > 0
     # A worker killed midway: the previous version answers; its rerun completes the build.
+    # Enough for each part to take seconds to embed, so that the kill lands before part 1 is done.
     for i in range(24):
-        tides = [f"Late report {i}, part {k}: the tide came in at {k} o'clock." for k in range(6)]
+        tides = [f"Late report {i}, part {k}: the tide came in at {k} o'clock and the harbour closed its gates." for k in range(30)]
         write_article(parts.corpus, f"late-{i}.txt", f"Late report {i}", *tides)
     workers = [qa_index(parts, "--part", f"{i}/2", index=tmp_path / f"w{i}") for i in (1, 2)]
     db = Milvus(parts)
     deadline = time.monotonic() + 120
     while db.meta_value("build") != {"target": 2, "parts": 2, "rebuild": False} and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert workers[0].poll() is None and not db.meta_value("part-2-1"), "part 1 finished before it could be killed"
     workers[0].send_signal(signal.SIGKILL)
     workers[0].wait()
     out = workers[1].communicate(timeout=300)[0]

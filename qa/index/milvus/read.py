@@ -25,6 +25,7 @@ from qa.index.milvus.schema import (
     analyzer,
     at,
     clients_lock,
+    close_clients,
     filter_expr,
     published,
     sentence_id,
@@ -310,21 +311,24 @@ class VersionWatch:
         self.read_at = 0.0  # time.monotonic() of the last read that succeeded
         self.error: Exception | None = None
         self.ready = threading.Event()
+        self.stopped = threading.Event()
         threading.Thread(target=self._run, name="milvus-version-watch", daemon=True).start()
 
     def _run(self) -> None:
         db: Milvus | None = None
-        while True:
+        failures = 0
+        while not self.stopped.is_set():
             try:
                 db = db or Milvus(self.config)
                 found = db.current()
                 if found is not None or self.found is None:  # (a published index never goes back to none)
                     self.found = found
-                self.read_at, self.error = time.monotonic(), None
+                self.read_at, self.error, failures = time.monotonic(), None, 0
             except Exception as exc:  # noqa: BLE001 - told to the next caller, who reads itself
-                self.error = exc
+                self.error, failures = exc, failures + 1
             self.ready.set()
-            time.sleep(self.config.milvus_version_poll)
+            # A server that is down is asked again less and less often (up to 30 s), not every poll.
+            self.stopped.wait(min(30.0, self.config.milvus_version_poll * 2 ** min(failures, 6)))
 
     def current(self) -> tuple[int, dict] | None:
         self.ready.wait(30)
@@ -349,6 +353,16 @@ def published_now(config: Config) -> tuple[int, dict] | None:
     if own and (found is None or own[0] > found[0]):
         return own[0], own[1]
     return found
+
+
+def disconnect(uri: str) -> None:
+    """Stops this process's version watches of the server at `uri` and closes its clients: before
+    the server goes away (a test's engine, a replica shutting down), so no thread keeps calling it."""
+    with clients_lock:
+        watches = [_watches.pop(k) for k in [k for k in _watches if k[0] == uri]]
+    for watch in watches:
+        watch.stopped.set()
+    close_clients(uri)
 
 
 def current_milvus_version(config: Config) -> int | None:

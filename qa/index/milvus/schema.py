@@ -119,6 +119,24 @@ def client(uri: str, token: str):
         return _clients[(uri, token)]
 
 
+def close_clients(uri: str) -> None:
+    """Closes and forgets this process's clients of the server at `uri` (and the publisher's ORM
+    connection to it); the next call opens new ones."""
+    import warnings
+
+    from pymilvus import connections
+
+    with clients_lock, warnings.catch_warnings():  # (the ORM's connections are deprecated, as in write_timestamp)
+        warnings.simplefilter("ignore")
+        for key in [k for k in _clients if k[0] == uri]:
+            _clients.pop(key).close()
+        for alias, _ in connections.list_connections():
+            if alias.startswith("qa-publish-") and str(connections.get_connection_addr(alias).get("address")) in uri:
+                connections.disconnect(alias)
+        for key in [k for k in _loaded if k[0] == uri]:
+            _loaded.discard(key)
+
+
 def visible(version: int) -> str:
     return f"added <= {version} and (removed == 0 or removed > {version})"
 
