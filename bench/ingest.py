@@ -1,7 +1,7 @@
 """Ingest figures (docs/ingestion.md): how soon a dropped article is answerable, a burst of files
 against `qa index`, and the feed poller killed at random moments.
 
-    python -m bench.ingest latency [--articles PATH.jsonl --limit N]   # p50/p95 from complete file to answerable
+    python -m bench.ingest latency [--articles PATH.jsonl --limit N [--base-index DIR]]   # p50/p95 from complete file to answerable
     python -m bench.ingest burst --files 1000                           # watcher vs `qa index` on the same files
     python -m bench.ingest kills --kills 100                            # `qa feeds --once` SIGKILLed at random moments
 
@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -67,9 +68,14 @@ def latency(args: argparse.Namespace) -> None:
             for n, line in enumerate(fh):
                 if n >= args.limit:
                     break
-                out.write(line)
+                record = json.loads(line)
+                if "context" in record:  # a paragraphs file (training/news_eval.py's corpus): its text is `context`
+                    record["text"] = record.pop("context")
+                out.write(json.dumps(record) + "\n")
     else:
         (corpus / SAMPLE.name).write_text(SAMPLE.read_text())
+    if args.base_index:  # an index of those articles built before (e.g. by training/news_eval.py): found unchanged
+        shutil.copytree(args.base_index, root / "index")
     cfg = Config.load(corpus=corpus, index=root / "index")
     embedder = Embedder.from_config(cfg)
     started = time.perf_counter()
@@ -223,6 +229,7 @@ def main() -> None:
     p = sub.add_parser("latency")
     p.add_argument("--articles", help="A JSONL file of articles to index first (e.g. ../shared/data/bbc_news/articles.jsonl)")
     p.add_argument("--limit", type=int, default=5000)
+    p.add_argument("--base-index", type=Path, help="With --articles: a built index of them to start from (copied), instead of building one")
     p.add_argument("--drops", type=int, default=20)
     p = sub.add_parser("burst")
     p.add_argument("--files", type=int, default=1000)

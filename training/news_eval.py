@@ -110,15 +110,18 @@ PARTS = {
 THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
-def ask_all(cfg: Config, embedder, questions: list[dict], as_of: bool = True, shift_days: int = 0, reader=None) -> list[dict]:
+def ask_all(
+    cfg: Config, embedder, questions: list[dict], as_of: bool = True, shift_days: int = 0, reader=None, pipeline=None
+) -> list[dict]:
     """Each question asked (at answer threshold 0, so that any threshold can be applied after), with
     what scoring needs: its top answer's text and score, the evidence's rank, the latency."""
     from qa.models import Filters
     from qa.pipeline import Pipeline
     from qa.scoring import exact_match, f1_score
 
-    pipeline = Pipeline(cfg.replace(answer_threshold=0.0), embedder, reader=reader)
-    pipeline.ask("warm up")
+    if pipeline is None:
+        pipeline = Pipeline(cfg.replace(answer_threshold=0.0), embedder, reader=reader)
+        pipeline.ask("warm up")
     rows = []
     for q in questions:
         day = q.get("as_of") if as_of else None
@@ -232,6 +235,24 @@ def fit_merged(out: Path, cfg: Config, embedder, data: Path, work: Path, questio
     return {"weights": weights, "bias": bias, "ece_before": before, "ece_after": after, "answers": len(y), "written": str(path)}
 
 
+def sweep(cfg: Config, embedder, questions: list[dict], grid: str, threshold: float) -> None:
+    """The date prior's settings of `grid` ("recency_weight=0,0.1;recency_half_life_days=7,30"), every
+    combination, on one loaded index: a line of figures each. Only numbers the pipeline itself reads
+    can be swept so; others need a run each (`--set`)."""
+    import itertools
+
+    from qa.pipeline import Pipeline
+
+    axes = [(name, values.split(",")) for name, values in (part.split("=", 1) for part in grid.split(";"))]
+    pipeline = Pipeline(cfg.replace(answer_threshold=0.0), embedder)
+    pipeline.ask("warm up")
+    for combo in itertools.product(*(values for _, values in axes)):
+        change = {name: float(value) for (name, _), value in zip(axes, combo)}
+        pipeline.config = cfg.replace(answer_threshold=0.0, **change)
+        rows = ask_all(pipeline.config, embedder, questions, pipeline=pipeline)
+        print(json.dumps({"settings": change, **summary(rows, threshold)}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
@@ -245,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-curve", action="store_true", help="Skip the abstention curve (a second pass of the questions)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="A setting for every run, e.g. recency_weight=0.2")
     parser.add_argument("--json", type=Path, help="Write the metrics here too")
+    parser.add_argument(
+        "--sweep", metavar="GRID", help='Date-prior settings swept on one loaded index: "recency_weight=0,0.1;recency_half_life_days=7,30"'
+    )
     parser.add_argument(
         "--fit-merged", type=Path, metavar="DIR", help="Fit the merged answers' calibration on the tune weeks, write it to DIR"
     )
@@ -269,6 +293,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(fitted, indent=2))
         return
     questions = news_questions(args.data, args.split)[: args.limit]
+    if args.sweep:
+        sweep(cfg, embedder, questions, args.sweep, threshold)
+        return
     report: dict = {"split": args.split, "corpus_articles": len(records), "threshold": threshold, "settings": args.set, "news": {}}
     for part in args.parts.split(","):
         change = dict(PARTS[part])

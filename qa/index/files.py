@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from qa.config import Config
-from qa.index.base import Rankings, IndexDamaged, Manifest, NoIndex, check_manifest
+from qa.index.base import IndexDamaged, Manifest, NoIndex, Rankings, check_manifest
 from qa.index.lexical import LexicalIndex
 from qa.index.store import Store
 from qa.index.vectors import VectorIndex
@@ -27,6 +29,8 @@ STORE = "store.sqlite"
 PASSAGE_VECTORS = "passages.faiss"
 SENTENCE_VECTORS = "sentences.faiss"
 LEXICAL = "lexical"
+#: Filters whose allowed ids a version keeps (`FilesIndex._selection`): a few hundred MB at most on news_2022.
+SELECTIONS_KEPT = 16
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -66,6 +70,8 @@ class FilesIndex:
 
     def __init__(self, path: Path, config: Config) -> None:
         self.path = path
+        self._selections: OrderedDict[str, tuple] = OrderedDict()  # filter -> what `_selection` found
+        self._selections_lock = threading.Lock()
         # A question is one vector: OpenMP's threads only add a hand-off to each search, which on a
         # busy machine costs more than the search; concurrency comes from requests.
         faiss.omp_set_num_threads(1)
@@ -97,13 +103,9 @@ class FilesIndex:
         q = question_vector.reshape(1, -1).astype(np.float32)
         passage_params = sentence_params = allowed = None
         if filters is not None and not filters.empty():
-            allowed_p = self.store.filtered_passage_ids(filters)
-            if not allowed_p:
+            allowed, passage_params, sentence_params = self._selection(filters)
+            if allowed is None:
                 return Rankings([], [], [])
-            allowed = np.asarray(allowed_p, dtype=np.int64)
-            passage_params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-            allowed_s = self.store.filtered_sentence_ids(filters)
-            sentence_params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed_s, dtype=np.int64)))
         dense = _search(self.passage_vectors, q, n, passage_params)
         by_sentence: dict[int, float] = {}
         sent_hits = _search(self.sentence_vectors, q, n * 3, sentence_params)
@@ -113,6 +115,33 @@ class FilesIndex:
             if pid is not None and pid not in by_sentence:
                 by_sentence[pid] = score
         return Rankings(dense, list(by_sentence.items()), self.lexical.search(question, n, allowed))
+
+    def _selection(self, filters: Filters) -> tuple[np.ndarray | None, object, object]:
+        """The passages a filter allows, and the search parameters that restrict both vector searches
+        to them; None when it allows none. Kept for the last few filters: listing the ids a broad
+        filter allows (`as_of` keeps most of an archive: 400,000 sentences) costs more than the
+        searches, and questions asked as of one day come together."""
+        key = filters.model_dump_json()
+        with self._selections_lock:
+            if key in self._selections:
+                self._selections.move_to_end(key)
+                return self._selections[key]
+        allowed_p = self.store.filtered_passage_ids(filters)
+        if not allowed_p:
+            found: tuple = (None, None, None)
+        else:
+            allowed = np.asarray(allowed_p, dtype=np.int64)
+            allowed_s = np.asarray(self.store.filtered_sentence_ids(filters), dtype=np.int64)
+            found = (
+                allowed,
+                faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed)),
+                faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed_s)),
+            )
+        with self._selections_lock:
+            self._selections[key] = found
+            while len(self._selections) > SELECTIONS_KEPT:
+                self._selections.popitem(last=False)
+        return found
 
     def sentence_embeddings(self, sentence_ids: list[int]) -> np.ndarray:
         """The stored vectors of these sentences, one row each, in order."""
