@@ -188,12 +188,12 @@ class Config:
     weight_sentence: float = fitted("Fusion weight of the best sentence's cosine")
     weight_lexical: float = fitted("Fusion weight of BM25 (scaled by the best BM25 score)")
     recency_weight: float = setting(
-        0.1,
+        0.4,
         "Questions that say when (this week, the latest, in 2014): fused score a passage loses when far from that time, "
         "or undated (0: off; qa/temporal.py)",
         tier="engine",
     )
-    recency_half_life_days: float = setting(30.0, "Days over which that loss halves: the scale of 'recent'", tier="engine")
+    recency_half_life_days: float = setting(7.0, "Days over which that loss halves: the scale of 'recent'", tier="engine")
     rerank_passages: int = setting(0, "Fused candidates a cross-encoder re-reads and re-orders (0: off; docs/evaluation.md)")
     rerank_weight: float = fitted(
         "Re-ordering by the cross-encoder's logit plus this times the fused retrieval score; the readers trust passages in that order"

@@ -94,8 +94,7 @@ def test_the_newer_report_leads_a_question_about_now_and_the_older_one_a_questio
     assert now.timeline[0].date == "2020-04-06" and "2014-08-23" in [t.date for t in now.timeline]
     then = pipeline.ask("Who was named harbour master of Quillport in 2014?")
     assert (then.temporal.start, then.temporal.end) == ("2014-01-01", "2014-12-31")
-    assert then.passages[0].document_id == "harbour-2014.txt"
-    assert "Ginna Rowe" in [a.text for a in then.answers]
+    assert then.passages[0].document_id == "harbour-2014.txt" and then.answers[0].text == "Ginna Rowe"
     plain = Pipeline(succession.replace(recency_weight=0.0), embedder).ask(QUESTION_NOW)
     assert plain.temporal is None  # the prior switched off: no intent read
 
