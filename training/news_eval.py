@@ -202,7 +202,7 @@ def fit_merged(out: Path, cfg: Config, embedder, data: Path, work: Path, questio
     import numpy as np
 
     from qa.evaluate import build_eval_index, eval_config
-    from qa.readers.calibration import MergedCalibration, fit, reliability
+    from qa.readers.calibration import FITTED_SETTINGS, MergedCalibration, fit, reliability
     from qa.readers.span import SpanReader
     from training.calibrate import fold_questions, write_set
 
@@ -227,7 +227,12 @@ def fit_merged(out: Path, cfg: Config, embedder, data: Path, work: Path, questio
         bias,
         f"RealTimeQA tune weeks ({len(questions)} q., as of their quiz dates) and {len(squad)} squad11_train calibration-fold q.: "
         f"{len(y)} answers, fitted to F1",
-        {"answers": int(len(y)), "multi_article": int(sum(a["articles"] > 1 for a in answers))},
+        {
+            "answers": int(len(y)),
+            "multi_article": int(sum(a["articles"] > 1 for a in answers)),
+            # What the features depend on: the occurrences' fit and what is read, the date prior, aggregation.
+            "settings": {k: getattr(cfg, k) for k in (*FITTED_SETTINGS, "recency_weight", "recency_half_life_days", "aggregate")},
+        },
     )
     path = cal.save(out)
     _, before = reliability(np.array([a["score"] for a in answers]), y)

@@ -87,7 +87,7 @@ class Calibration:
         return path
 
 
-MERGED_FILE = "calibration-merged.json"
+MERGED_FILE = "merged-calibration.json"  # (not calibration*.json: those are the occurrences' fits)
 MERGED_FEATURES = ("score", "support", "articles")
 
 
