@@ -379,6 +379,8 @@ class SpanReader:
         """Merged answers scored by their merged calibration: best first, or in the order of their
         support (QA_AGGREGATE=support)."""
         cal = self.merged_calibration
+        if cal == MergedCalibration():  # none shipped (the default): the scores stand, no copy per answer
+            return merged
         rescored = [a.model_copy(update={"score": round(cal.probability(a.score, a.support, a.articles), 4)}) for a in merged]
         return rescored if self.config.aggregate == "support" else sorted(rescored, key=lambda a: -a.score)
 
