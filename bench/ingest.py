@@ -2,6 +2,7 @@
 against `qa index`, and the feed poller killed at random moments.
 
     python -m bench.ingest latency [--articles PATH.jsonl --limit N [--base-index DIR]]   # p50/p95 from complete file to answerable
+    python -m bench.ingest feed-latency [--interval 10 --entries 20 ...]   # feed entry published -> answerable
     python -m bench.ingest burst --files 1000                           # watcher vs `qa index` on the same files
     python -m bench.ingest kills --kills 100                            # `qa feeds --once` SIGKILLed at random moments
 
@@ -28,7 +29,7 @@ from qa.config import Config
 from qa.embedding import Embedder
 from qa.index import build_index
 from qa.ingest import Ledger, Watcher
-from qa.ingest.feeds import canonical_url, entry_doc_id
+from qa.ingest.feeds import FeedPoller, canonical_url, entry_doc_id
 from qa.pipeline import Pipeline
 from tests.conftest import ROOT, SAMPLE, write_article
 from tests.feedsite import FeedSite, Item
@@ -58,9 +59,9 @@ def wait_known(watcher: Watcher, rels: set[str], timeout: float = 600) -> float:
     return time.time()
 
 
-def latency(args: argparse.Namespace) -> None:
-    """Articles dropped one at a time (half written in place, half renamed in) while the watcher runs."""
-    root = Path(tempfile.mkdtemp(prefix="qa-ingest-latency-"))
+def base_index(args: argparse.Namespace, root: Path) -> tuple[Config, Embedder, int]:
+    """A corpus folder and its index under `root`: the sample article, or `--articles` (indexed, or
+    found indexed in a copy of `--base-index`). Returns the configuration, the model, the documents."""
     corpus = root / "corpus"
     corpus.mkdir()
     if args.articles:
@@ -83,11 +84,36 @@ def latency(args: argparse.Namespace) -> None:
     print(
         f"base index: {summary.documents} documents, {summary.passages} passages, built in {time.perf_counter() - started:.0f}s", flush=True
     )
+    return cfg, embedder, summary.documents
+
+
+def figures(what: str, seconds: list[float], tail: str = "") -> None:
+    cut = statistics.quantiles(seconds, n=20, method="inclusive")
+    print(f"{what}: p50 {statistics.median(seconds):.2f}s, p95 {cut[18]:.2f}s, max {max(seconds):.2f}s{tail}", flush=True)
+
+
+def hit(question: str, name: str, document_id: str, answers: list) -> tuple[bool, bool]:
+    """(the first answer comes from the new article, it is the whole name); a partial answer is printed."""
+    first = answers[0] if answers else None
+    found = first is not None and document_id in {first.document_id, *(s.document_id for s in first.sources)}
+    whole = found and name in first.text
+    if not whole:
+        print(f"  {question} -> {[(a.text, a.score, a.document_id) for a in answers[:3]]}", flush=True)
+    return found, whole
+
+
+def latency(args: argparse.Namespace) -> None:
+    """Articles dropped one at a time (half written in place, half renamed in) while the watcher runs."""
+    root = Path(tempfile.mkdtemp(prefix="qa-ingest-latency-"))
+    cfg, embedder, documents = base_index(args, root)
+    corpus = cfg.corpus
+    pipeline = Pipeline(cfg, embedder)
+    pipeline.ask(fact(0)[2])  # the models and the base version loaded before the clock runs
     watcher = Watcher(cfg, embedder).start()
     watcher.ready.wait(600)
-    seconds = []
+    published, answerable, answered = [], [], [0, 0]
     for k in range(args.drops):
-        title, text, _, _ = fact(k)
+        title, text, question, name = fact(k)
         rel = f"drop-{k:03d}.txt"
         if k % 2:
             tmp = root / rel
@@ -96,17 +122,60 @@ def latency(args: argparse.Namespace) -> None:
         else:
             write_article(corpus, rel, title, *text.split("\n\n"))
         complete = time.time()
-        seconds.append(wait_known(watcher, {rel}) - complete)
+        published.append(wait_known(watcher, {rel}) - complete)
+        # Answerable: the service's pipeline opens the new version and answers from the new article.
+        answers = pipeline.ask(question).answers
+        answerable.append(time.time() - complete)
+        found, whole = hit(question, name, rel, answers)
+        answered[0] += found
+        answered[1] += whole
         time.sleep(0.5)
     watcher.stop()
-    pipeline = Pipeline(cfg, embedder)
-    answered = sum(fact(k)[3] in " ".join(a.text for a in pipeline.ask(fact(k)[2]).answers[:1]) for k in range(args.drops))
-    cut = statistics.quantiles(seconds, n=20)
-    print(
-        f"latency, {args.drops} drops into {summary.documents} documents: p50 {statistics.median(seconds):.2f}s, "
-        f"p95 {cut[18]:.2f}s, max {max(seconds):.2f}s (stable window {cfg.watch_stable_seconds:g}s); {answered}/{args.drops} answered",
-        flush=True,
+    window = f" (stable window {cfg.watch_stable_seconds:g}s)"
+    figures(f"published, {args.drops} drops into {documents} documents", published, window)
+    figures(f"answered, {args.drops} drops into {documents} documents", answerable, window)
+    print(f"first answer from the new article {answered[0]}/{args.drops}, the whole name {answered[1]}/{args.drops}", flush=True)
+
+
+def feed_latency(args: argparse.Namespace) -> None:
+    """Entries published on a loopback feed at random moments while the poller runs (one poll every
+    `--interval` seconds, the default host delay): from publication to the service answering from it."""
+    root = Path(tempfile.mkdtemp(prefix="qa-ingest-feeds-"))
+    cfg, embedder, documents = base_index(args, root)
+    rng = random.Random(args.seed)
+    with FeedSite() as site:
+        site.rss("/rss.xml", [])
+        cfg = cfg.replace(feeds=site.url("/rss.xml"), feed_interval=args.interval)
+        pipeline = Pipeline(cfg, embedder)
+        pipeline.ask(fact(0)[2])
+        poller = FeedPoller(cfg, embedder).start()
+        items: list[Item] = []
+        seconds, answered = [], [0, 0]
+        for k in range(args.entries):
+            time.sleep(rng.uniform(0, args.interval))  # a random moment of the poll cycle
+            title, text, question, name = fact(k)
+            path = publish(site, f"harbour-{k}", text.replace("\n\n", " "), title=title)
+            items.append(Item(title, path, f"harbour-{k}"))
+            site.rss("/rss.xml", items)
+            published = time.time()
+            doc_id = entry_doc_id(f"harbour-{k}", site.url(path))
+            deadline = published + args.interval + 60
+            while pipeline.index().store.document(doc_id) is None:
+                if time.time() > deadline:
+                    raise TimeoutError(f"entry {k} not indexed after {args.interval + 60:.0f}s")
+                time.sleep(0.02)
+            answers = pipeline.ask(question).answers
+            seconds.append(time.time() - published)
+            found, whole = hit(question, name, doc_id, answers)
+            answered[0] += found
+            answered[1] += whole
+        poller.stop()
+    figures(
+        f"feed entry answered, {args.entries} entries into {documents} documents, poll interval {args.interval:g}s",
+        seconds,
+        f"; target interval + 5 s = {args.interval + 5:g}s",
     )
+    print(f"first answer from the new article {answered[0]}/{args.entries}, the whole name {answered[1]}/{args.entries}", flush=True)
 
 
 def burst(args: argparse.Namespace) -> None:
@@ -231,6 +300,13 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=5000)
     p.add_argument("--base-index", type=Path, help="With --articles: a built index of them to start from (copied), instead of building one")
     p.add_argument("--drops", type=int, default=20)
+    p = sub.add_parser("feed-latency")
+    p.add_argument("--articles", help="As for latency")
+    p.add_argument("--limit", type=int, default=5000)
+    p.add_argument("--base-index", type=Path)
+    p.add_argument("--entries", type=int, default=20)
+    p.add_argument("--interval", type=float, default=10.0, help="QA_FEED_INTERVAL for the run")
+    p.add_argument("--seed", type=int, default=45)
     p = sub.add_parser("burst")
     p.add_argument("--files", type=int, default=1000)
     p = sub.add_parser("kills")
@@ -238,7 +314,7 @@ def main() -> None:
     p.add_argument("--longest", type=float, default=6.0, help="Longest run before the kill, in seconds")
     p.add_argument("--seed", type=int, default=45)
     args = parser.parse_args()
-    {"latency": latency, "burst": burst, "kills": kills}[args.what](args)
+    {"latency": latency, "feed-latency": feed_latency, "burst": burst, "kills": kills}[args.what](args)
 
 
 if __name__ == "__main__":

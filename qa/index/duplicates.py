@@ -7,19 +7,23 @@ relation, named by its smallest document id: a pure function of the documents in
 same whatever order they were added in, and when the head is deleted the next smallest member
 names what remains (a component that loses its bridge splits, each part naming itself).
 
-Both engines store each document's signature and cluster id and call `cluster_ids` over every
-signature at each build (`qa/index/store.py`, `qa/index/milvus/build.py`): candidate pairs come
-from datasketch's LSH (BANDS bands of ROWS rows), and each is checked on the whole signature.
+Two documents are compared when they share a band (LSH: BANDS bands of ROWS values, each band
+named by a 64-bit `band_keys` hash), and are copies when the whole signatures then agree on at
+least the threshold: a pairwise rule, so the clusters of a set of documents can be made from any
+closed part of it. Both engines store each document's signature and cluster id. The files engine
+also stores the band keys and, at each build, re-clusters only the components a change can reach
+(`Store.recluster`); Milvus re-clusters every signature when it publishes (`qa/index/milvus/build.py`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 import numpy as np
-from datasketch import LeanMinHash, MinHash, MinHashLSH
+from datasketch import MinHash
 
 NUM_PERM = 128
 #: Words per shingle. 5: a changed byline or an added sentence leaves copies of a 300-word article
@@ -66,23 +70,31 @@ def from_hex(text: str) -> np.ndarray:
     return from_bytes(bytes.fromhex(text))
 
 
+def band_keys(sig: np.ndarray) -> list[int]:
+    """The signature's BANDS bucket keys: each band's ROWS values and its number, hashed to a signed
+    64-bit integer (an SQLite INTEGER). Two signatures are compared when they share a key."""
+    data = to_bytes(sig)
+    width = ROWS * 4
+    return [
+        int.from_bytes(hashlib.blake2b(bytes([b]) + data[b * width : (b + 1) * width], digest_size=8).digest(), "little", signed=True)
+        for b in range(BANDS)
+    ]
+
+
 def similar_pairs(ids: list[str], signatures: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
     """(i, j, estimated Jaccard) of the rows whose estimate is at least `threshold`, i < j: the
-    candidates of datasketch's LSH (BANDS x ROWS), each checked on its whole signature."""
+    rows that share a band key, each pair checked on its whole signature."""
     sigs = np.asarray(signatures, dtype=np.uint32)
-    if len(ids) < 2:
-        return []
-    lsh = MinHashLSH(num_perm=NUM_PERM, params=(BANDS, ROWS))
-    hashes = [LeanMinHash(seed=SEED, hashvalues=row, scheme=SCHEME) for row in sigs]
-    with lsh.insertion_session() as session:
-        for k, h in enumerate(hashes):
-            session.insert(k, h, check_duplication=False)
+    buckets: defaultdict[int, list[int]] = defaultdict(list)
+    for k, row in enumerate(sigs):
+        for key in band_keys(row):
+            buckets[key].append(k)
+    candidates = {(i, j) for members in buckets.values() if len(members) > 1 for i in members for j in members if i < j}
     out: list[tuple[int, int, float]] = []
-    for i, h in enumerate(hashes):
-        for j in sorted(k for k in lsh.query(h) if k > i):
-            estimate = float((sigs[i] == sigs[j]).mean())
-            if estimate >= threshold:
-                out.append((i, j, estimate))
+    for i, j in sorted(candidates):
+        estimate = float((sigs[i] == sigs[j]).mean())
+        if estimate >= threshold:
+            out.append((i, j, estimate))
     return out
 
 

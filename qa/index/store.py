@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from qa.index import duplicates
 from qa.index.base import PassageRow, SentenceRow
 from qa.models import Document, Filters, Passage
@@ -47,6 +49,11 @@ CREATE TABLE IF NOT EXISTS duplicates (
     cluster TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS duplicates_cluster ON duplicates(cluster);
+CREATE TABLE IF NOT EXISTS duplicate_bands (
+    bucket INTEGER NOT NULL,
+    document_id TEXT NOT NULL,
+    PRIMARY KEY (bucket, document_id)
+) WITHOUT ROWID;
 """
 
 
@@ -63,9 +70,17 @@ class Store:
         self.lock = threading.Lock()
         self._local = threading.local()
         self._connections = [self.db]
+        # What this build changed, for `recluster`: documents added, clusters a removal touched.
+        self._added: dict[str, list[int]] = {}  # id -> its band keys
+        self._touched: set[str] = set()
+        self._bandless = False
         if not readonly:
             self.db.execute("PRAGMA journal_mode = DELETE")
             self.db.executescript(SCHEMA)
+            # A store written before band keys: `recluster` gives every document its keys, once.
+            self._bandless = bool(
+                self.db.execute("SELECT EXISTS (SELECT 1 FROM duplicates) AND NOT EXISTS (SELECT 1 FROM duplicate_bands)").fetchone()[0]
+            )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self._uri, uri=True, check_same_thread=False, isolation_level=None)
@@ -111,7 +126,12 @@ class Store:
         self.db.execute("DELETE FROM sentences WHERE passage_id IN (SELECT id FROM passages WHERE document_id = ?)", (doc_id,))
         self.db.execute("DELETE FROM passages WHERE document_id = ?", (doc_id,))
         self.db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+        for signature, cluster in self.db.execute("SELECT signature, cluster FROM duplicates WHERE document_id = ?", (doc_id,)).fetchall():
+            keys = duplicates.band_keys(duplicates.from_bytes(signature))
+            self.db.executemany("DELETE FROM duplicate_bands WHERE bucket = ? AND document_id = ?", [(k, doc_id) for k in keys])
+            self._touched.add(cluster)
         self.db.execute("DELETE FROM duplicates WHERE document_id = ?", (doc_id,))
+        self._added.pop(doc_id, None)
         return pids, sids
 
     def add_document(self, doc: Document, passages: list[Passage]) -> tuple[list[int], list[int]]:
@@ -120,8 +140,7 @@ class Store:
             "INSERT INTO documents (id, title, text, date, url, source, path, hash) VALUES (?,?,?,?,?,?,?,?)",
             (doc.id, doc.title, doc.text, doc.date, doc.url, doc.source, doc.path, doc.hash),
         )
-        signature = duplicates.to_bytes(duplicates.signature(doc.title, doc.text))
-        self.db.execute("INSERT INTO duplicates (document_id, signature, cluster) VALUES (?,?,?)", (doc.id, signature, doc.id))
+        self._sign(doc.id, duplicates.signature(doc.title, doc.text))
         pids, sids = [], []
         for p in passages:
             cur = self.db.execute(
@@ -135,19 +154,61 @@ class Store:
                 sids.append(int(cur.lastrowid))
         return pids, sids
 
+    def _sign(self, doc_id: str, signature: np.ndarray) -> None:
+        """A document's MinHash signature and band keys stored; it is its own cluster until `recluster`."""
+        self.db.execute(
+            "INSERT INTO duplicates (document_id, signature, cluster) VALUES (?,?,?)", (doc_id, duplicates.to_bytes(signature), doc_id)
+        )
+        keys = self._added[doc_id] = duplicates.band_keys(signature)
+        self.db.executemany("INSERT OR IGNORE INTO duplicate_bands VALUES (?,?)", [(k, doc_id) for k in keys])
+
     def recluster(self, threshold: float) -> tuple[int, int]:
-        """Every document's cluster made anew from the stored signatures (`qa.index.duplicates`),
-        after a build's adds and removes; documents of a store written before clusters get their
-        signature first. Returns (copies, clusters of more than one document)."""
-        missing = self.db.execute("SELECT id, title, text FROM documents WHERE id NOT IN (SELECT document_id FROM duplicates)").fetchall()
-        for doc_id, title, text in missing:
-            signature = duplicates.to_bytes(duplicates.signature(title, text))
-            self.db.execute("INSERT INTO duplicates (document_id, signature, cluster) VALUES (?,?,?)", (doc_id, signature, doc_id))
-        rows = self.db.execute("SELECT document_id, signature, cluster FROM duplicates").fetchall()
-        clusters = duplicates.cluster_ids({r[0]: duplicates.from_bytes(r[1]) for r in rows}, threshold)
+        """The clusters of near-duplicates brought up to date after a build's adds and removes, and
+        (copies, clusters of more than one document).
+
+        Only the components a change can reach are made anew (`duplicates.cluster_ids` over them):
+        those of the documents sharing a band with an added one, and those a removal touched. That
+        set is closed (a copy of a document in it is in it), so its clusters are what clustering
+        every document would give, at the cost of the change rather than of the archive. A store
+        written before band keys (or before signatures) gets them here, and is clustered whole."""
+        for doc_id, title, text in self.db.execute(
+            "SELECT id, title, text FROM documents WHERE id NOT IN (SELECT document_id FROM duplicates)"
+        ).fetchall():
+            self._sign(doc_id, duplicates.signature(title, text))
+        if self._bandless:
+            self._bandless = False
+            for doc_id, signature in self.db.execute("SELECT document_id, signature FROM duplicates").fetchall():
+                keys = self._added[doc_id] = duplicates.band_keys(duplicates.from_bytes(signature))
+                self.db.executemany("INSERT OR IGNORE INTO duplicate_bands VALUES (?,?)", [(k, doc_id) for k in keys])
+        rows = self._reachable()
+        clusters = duplicates.cluster_ids({doc_id: duplicates.from_bytes(sig) for doc_id, sig, _ in rows}, threshold)
         changed = [(clusters[doc_id], doc_id) for doc_id, _, cluster in rows if clusters[doc_id] != cluster]
         self.db.executemany("UPDATE duplicates SET cluster = ? WHERE document_id = ?", changed)
-        return duplicates.cluster_counts(clusters.values())
+        self._added.clear()
+        self._touched.clear()
+        return self.cluster_counts()
+
+    def _reachable(self) -> list[tuple[str, bytes, str]]:
+        """(id, signature, cluster) of every document in a component a change can reach: the added
+        documents, those sharing a band key with one, the rest of their clusters, and what is left
+        of the clusters removals touched."""
+        db = self.db
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS changed_ids (id TEXT PRIMARY KEY)")
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS changed_buckets (bucket INTEGER PRIMARY KEY)")
+        db.execute("DELETE FROM changed_ids")
+        db.execute("DELETE FROM changed_buckets")
+        db.executemany("INSERT OR IGNORE INTO changed_ids VALUES (?)", [(i,) for i in self._added])
+        db.executemany("INSERT OR IGNORE INTO changed_buckets VALUES (?)", [(k,) for keys in self._added.values() for k in keys])
+        db.execute(
+            "INSERT OR IGNORE INTO changed_ids SELECT document_id FROM duplicate_bands WHERE bucket IN (SELECT bucket FROM changed_buckets)"
+        )
+        db.executemany(
+            "INSERT OR IGNORE INTO changed_ids SELECT document_id FROM duplicates WHERE cluster = ?", [(c,) for c in self._touched]
+        )
+        return db.execute(
+            """SELECT document_id, signature, cluster FROM duplicates WHERE cluster IN
+            (SELECT cluster FROM duplicates WHERE document_id IN (SELECT id FROM changed_ids))"""
+        ).fetchall()
 
     # Reading.
 

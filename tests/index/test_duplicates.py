@@ -3,12 +3,16 @@ adds, deletes and replaces; shown by the build's summary and /api/documents/{id}
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 
 from qa.config import Config
 from qa.embedding import Embedder
-from qa.index import build_index, open_index
+from qa.index import build_index, duplicates, open_index
+from qa.index.store import Store
 from qa.models import Document
 from qa.service import create_app
 
@@ -86,3 +90,68 @@ def test_the_document_endpoint_shows_its_cluster(sample_config: Config, embedder
         assert copy["cluster"] == "wire-a" and copy["copies"] == ["wire-a", "wire-c"]
         alone = client.get("/api/documents/kites").json()
         assert alone["cluster"] == "kites" and alone["copies"] == []
+
+
+def _chain_texts(rng: random.Random, stories: int) -> list[tuple[str, str]]:
+    """(id, text) of documents cut from long runs of words: neighbours in a run overlap enough to be
+    copies (Jaccard ~0.82), the next but one not (~0.67), so removing a middle one splits a cluster."""
+    docs = []
+    for s in range(stories):
+        words = [f"w{rng.randrange(5000)}" for _ in range(420)]
+        for k in range(rng.randint(1, 4)):
+            docs.append((f"s{s:02d}-{k}", " ".join(words[30 * k : 30 * k + 300])))
+    return docs
+
+
+def test_clusters_made_where_a_change_reaches_equal_clusters_made_whole(tmp_path: Path) -> None:
+    """Random adds, removes and replaces on one store: after each build the stored clusters are
+    those of clustering every signature anew, and a change far from the others re-clusters little."""
+    rng = random.Random(7)
+    pool = dict(_chain_texts(rng, 40))
+    store = Store(tmp_path / "store.sqlite")
+    present: set[str] = set()
+
+    def step(adds: list[str], removes: list[str]) -> None:
+        store.begin()
+        for doc_id in removes + [a for a in adds if a in present]:
+            store.delete_document(doc_id)
+        for doc_id in adds:
+            text = pool[doc_id] if rng.random() < 0.8 else f"rewritten {rng.random()} " + pool[doc_id][:200]
+            store.add_document(Document(doc_id, doc_id, text), [])
+        present.update(adds)
+        present.difference_update(removes)
+        counts = store.recluster(0.8)
+        store.commit()
+        stored = dict(store.db.execute("SELECT document_id, cluster FROM duplicates"))
+        whole = duplicates.cluster_ids(
+            {i: duplicates.from_bytes(s) for i, s in store.db.execute("SELECT document_id, signature FROM duplicates")}, 0.8
+        )
+        assert stored == whole and counts == duplicates.cluster_counts(whole.values())
+
+    ids = sorted(pool)
+    step(rng.sample(ids, 30), [])
+    for _ in range(25):
+        outside = [i for i in ids if i not in present]
+        adds = rng.sample(outside, min(len(outside), rng.randint(0, 4))) + rng.sample(sorted(present), 1)
+        step(adds, rng.sample(sorted(present - set(adds)), rng.randint(0, 3)))
+    assert store.cluster_counts()[1] > 3  # the churn kept clusters of copies to check
+
+    store.begin()
+    store.add_document(Document("lone", "lone", "an unrelated note about the parish council budget for next year"), [])
+    assert {r[0] for r in store._reachable()} == {"lone"}  # one document's change reaches its own component only
+    store.recluster(0.8)
+    store.commit()
+
+    store.db.execute("DELETE FROM duplicate_bands")  # a store written before band keys is clustered whole, once
+    store.close()
+    old = Store(tmp_path / "store.sqlite")
+    old.begin()
+    old.add_document(Document(ids[0] + "-copy", "copy", pool[ids[0]]), [])
+    old.recluster(0.8)
+    old.commit()
+    whole = duplicates.cluster_ids(
+        {i: duplicates.from_bytes(s) for i, s in old.db.execute("SELECT document_id, signature FROM duplicates")}, 0.8
+    )
+    assert dict(old.db.execute("SELECT document_id, cluster FROM duplicates")) == whole
+    assert old.db.execute("SELECT count(DISTINCT document_id) FROM duplicate_bands").fetchone()[0] == len(whole)
+    old.close()

@@ -163,3 +163,23 @@ def test_killed_build_leaves_previous_version_serving(sample_config, embedder):
     s = build_index(sample_config, embedder)
     assert s.added == 150 and s.version == 2
     assert not list(sample_config.index.glob(".build-*"))
+
+
+def test_versions_that_share_a_base_search_one_loaded_copy_of_it(sample_config, embedder):
+    """A small change links the base into the next version: reading it again (an HNSW graph at news
+    scale: most of a one-article build's time) is skipped, in the builder and in the service."""
+    build_index(sample_config, embedder)
+    first = open_index(sample_config)
+    write_article(sample_config.corpus, "ferry.txt", "Ferry", "The ferry to Quenby island will be named the Marrow Gull.")
+    build_index(sample_config, embedder)
+    second = open_index(sample_config)
+    assert second.version == first.version + 1
+    assert second.passage_vectors.base is first.passage_vectors.base and second.passage_vectors.delta.ntotal == 1
+    assert second.sentence_vectors.base is first.sentence_vectors.base
+    rewritten = sample_config.replace(vector_delta_fraction=0.0)  # every change rewrites the base: a new file, read anew
+    write_article(rewritten.corpus, "kites.txt", "Kites", "Volunteers counted more red kites than ever above Harlow.")
+    build_index(rewritten, embedder)
+    third = open_index(rewritten)
+    assert third.passage_vectors.base is not second.passage_vectors.base and third.passage_vectors.base.ntotal == third.manifest.passages
+    for index in (first, second, third):
+        index.close()
