@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from qa.config import Config
+from qa.index import build_index
 from qa.pipeline import Pipeline
+from qa.readers.base import echoes
 from qa.readers.span import (
     FLOAT_MATMULS,
     WEIGHTS,
@@ -17,7 +19,7 @@ from qa.readers.span import (
     member_names,
 )
 from qa.readers.span_decoding import best_spans, encode, read_spans
-from tests.conftest import IBM_QUESTION
+from tests.conftest import HARBOUR_QUESTION, IBM_QUESTION, write_harbour_reports
 
 shipped = pytest.mark.skipif(not (WEIGHTS / "reader.json").exists(), reason="no trained reader in qa/reader_weights")
 
@@ -320,3 +322,52 @@ def test_the_sentences_read_follow_the_configured_weights(tiny_model, sample_ind
             assert context.row.id == best.id and context.start == context.sentences[0][0]
     assert "chips" in chosen["overlap"][1] and "Inspur" in chosen["overlap"][1]
     assert len(set(chosen.values())) > 1
+
+
+@pytest.mark.parametrize(
+    "question, span, echo",
+    [
+        ("Who is the harbour master of Quenby?", "Harbour master", True),
+        ("Who is the harbour master of Quenby?", "the harbour masters", True),  # stems, case, stop words
+        ("Who is the harbour master of Quenby?", "Ada Lovelace", False),
+        ("What did IBM sell on Power chips?", "Powerservers", False),  # another word, however alike
+        ("Who is the harbour master of Quenby?", "harbour master Ada Lovelace", False),
+        ("Is the new harbour master Rowe or Vell?", "Vell", False),  # a choice holds its answer
+        ("Who is the harbour master of Quenby?", "of the", False),  # no content word: not judged here
+    ],
+)
+def test_a_span_that_only_repeats_the_question_is_an_echo(question, span, echo):
+    assert echoes(question, span) is echo
+
+
+class _EchoingLogits:
+    """The tiny model's logits, made sure of every "harbour ... master" span: a model that answers
+    "Who is the harbour master of X?" with "harbour master" (as the trained one did on feed pages)."""
+
+    def __init__(self, logits, tokenizer) -> None:
+        self.logits = logits
+        self.first, self.last = tokenizer.convert_tokens_to_ids(["harbour", "master"])
+
+    def __call__(self, inputs):
+        start, end = self.logits(inputs)
+        ids = inputs["input_ids"]
+        return start + 50.0 * (ids == self.first), end + 50.0 * (ids == self.last)
+
+
+def test_the_reader_never_answers_with_the_questions_own_words(tiny_model, config, embedder, tmp_path):
+    """However sure the model is of "harbour master", the answer to "Who is the harbour master
+    of Quillport?" is another span, and its confidence is not measured against the echo's."""
+    write_harbour_reports(config.corpus)
+    cfg = config.replace(reader_model=str(tiny_model), answer_threshold=0.0, span_null_margin=-1e9, cache=tmp_path)
+    build_index(cfg, embedder)
+    reader = SpanReader(cfg)
+    reader.logits = _EchoingLogits(reader.logits, reader.tokenizer)
+    pipeline = Pipeline(cfg, embedder, reader=reader)
+    index, vector = pipeline.index(), embedder.embed_questions([HARBOUR_QUESTION])[0]
+    hits = pipeline.retriever.retrieve(index, vector, HARBOUR_QUESTION, cfg.read_passages, None)
+    scored = reader.scored_spans(HARBOUR_QUESTION, vector, index, hits, index.store.passages([h.passage_id for h in hits]))
+    assert scored and not [a.text for a, _ in scored if echoes(HARBOUR_QUESTION, a.text)]
+    assert scored[0][1][1] == 0.0  # the gap to the best span kept
+    result = pipeline.ask(HARBOUR_QUESTION)
+    assert result.answers and not [a.text for a in result.answers if echoes(HARBOUR_QUESTION, a.text)]
+    _check_answers(result, cfg)

@@ -46,6 +46,23 @@ def question_stems(question: str) -> set[str]:
     return {stem(t) for t in query_terms(question)}
 
 
+_CHOICE = re.compile(r"\bor\b", re.I)
+
+
+def echoes(question: str, span: str) -> bool:
+    """Whether the span only repeats the question: every content word of it is one of the question's
+    ("Who is the harbour master of Quenby?" -> "Harbour master"). Such a span names what is asked
+    about, not the answer. Words match whole, a plural "s" aside: the readers' five-letter stem
+    would make "Powerserver" an echo of "power". A question that offers a choice ("X or Y?") holds
+    its answer, so it is never an echo, and neither is a span without content words."""
+
+    def words(text: str) -> set[str]:
+        return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in query_terms(text)}
+
+    span_words = words(span)
+    return bool(span_words) and not _CHOICE.search(question) and span_words <= words(question)
+
+
 def sentence_cosines(
     index: Index, hits: list[Hit], question_vector: np.ndarray
 ) -> tuple[dict[int, list[SentenceRow]], np.ndarray] | None:

@@ -39,6 +39,7 @@ from qa.index.base import PassageRow
 from qa.models import Answer
 from qa.readers.aggregate import aggregate
 from qa.readers.base import (
+    echoes,
     is_why,
     make_answer,
     question_stems,
@@ -338,11 +339,14 @@ class SpanReader:
         )
         out: list[tuple[Answer, tuple[float, float, float]]] = []
         taken: list[tuple[str, int, int]] = []
+        top: float | None = None  # the best kept span's logit: confidence is the gap to it
         for logit, sp in ranked[: 4 * self.config.max_answers]:
             c = contexts[sp.context]
             row = c.row
             start, end = trim(row.text, c.start + sp.start, c.start + sp.end)
-            if end <= start:
+            # A span that only repeats the question ("Harbour master" from a headline) names what
+            # is asked about, not the answer: it is passed over, not counted as the best.
+            if end <= start or echoes(question, row.text[start:end]):
                 continue
             doc_start, doc_end = row.start + start, row.start + end
             if any(d == row.document_id and not (doc_end <= a or doc_start >= b) for d, a, b in taken):
@@ -351,7 +355,8 @@ class SpanReader:
             s_start = max((a for a, _ in c.sentences if a <= start), default=c.start)
             s_end = min((b for _, b in c.sentences if b >= end), default=c.end)
             score = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, logit))))
-            features = (logit, ranked[0][0] - logit, fused.get(row.id, 0.0))
+            top = logit if top is None else top
+            features = (logit, top - logit, fused.get(row.id, 0.0))
             out.append((make_answer(row, start, end, s_start, s_end, score), features))
         return out
 
