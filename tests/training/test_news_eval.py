@@ -20,7 +20,7 @@ WEEKS = [
     ),
     (
         "2021/09/03",
-        "The council named Tamsin Vell harbour master of Quillport on Friday.",
+        "Tamsin Vell was named harbour master of Quillport this week by the council.",
         "Who was named harbour master of Quillport this week?",
         "Tamsin Vell",
     ),
@@ -97,7 +97,8 @@ def test_asked_as_of_its_week_a_question_gets_that_weeks_answer_and_the_report_h
     )
     report = json.loads(out.read_text())
     assert report["news"]["all"]["recall@1"] == 1.0 and report["news"]["all"]["temporal"] == 1
-    # Without as_of, the newer holder's week (2021) is in the index and the recency prior prefers it.
+    # Without as_of, the other holder's report (2021), worded as the question is, is in the index and
+    # wins. (Not by the date prior: asked today, both weeks are years old, and both priors round to 0.)
     assert report["news"]["-as_of"]["recall@1"] == 0.0
     curve = report["abstention"]
     assert [p["threshold"] for p in curve] == list(THRESHOLDS)
